@@ -1,0 +1,43 @@
+"""Rich tables for the console: parameter accounting before training, metrics after."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+
+def parameter_table(params: dict[str, Any], title: str) -> Table:
+    table = Table(title=f"parameters: {title}", title_justify="left")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_column("% of backbone", justify="right")
+    backbone = params.get("backbone") or 1
+    for key in ("backbone", "total", "trainable", "saved"):
+        if key in params:
+            table.add_row(key, f"{params[key]:,}", f"{100 * params[key] / backbone:.4f}")
+    for name, info in (params.get("per_delta") or {}).items():
+        table.add_row(f"  delta {name}", f"{info.get('trainable', 0):,}", f"{100 * info.get('trainable', 0) / backbone:.4f}")
+    return table
+
+
+def results_table(record: dict[str, Any]) -> Table:
+    table = Table(title=f"results: {record.get('run_name')}", title_justify="left")
+    table.add_column("split")
+    metrics = record.get("metrics") or {}
+    names = sorted({name for values in metrics.values() for name in values})
+    for name in names:
+        table.add_column(name, justify="right")
+    for split, values in metrics.items():
+        table.add_row(split, *(_fmt(values.get(name)) for name in names))
+    params = record.get("params") or {}
+    timings = record.get("timings") or {}
+    table.caption = (
+        f"trainable {params.get('trainable', 0):,} ({params.get('trainable_pct', 0):.4f}% of backbone), "
+        f"saved {params.get('saved', 0):,}; train {timings.get('train_s', 0)} s, eval {timings.get('eval_s', 0)} s"
+    )
+    return table
+
+
+def _fmt(value: Any) -> str:
+    return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)

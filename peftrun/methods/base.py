@@ -1,0 +1,70 @@
+"""Deltas: small modules attached to a frozen backbone by *role* (never by module name).
+
+A delta family registers once with `@register_delta("lora")`; the Hydra method YAMLs list deltas as
+`{kind: lora, ...}` items whose keys are the family's spec dataclass fields. A method = a list of
+deltas + a rule for which backbone parameters stay trainable (MethodConfig.train).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from peftrun.backbones.anatomy import Anatomy
+
+
+class Delta(nn.Module, ABC):
+    """One delta instance, attached to one model.
+
+    Subclasses set `kind` (the registry name) and `spec_class` (a dataclass of its options).
+    Its own parameters are the trained parameters; `saved_state_dict` is what a checkpoint holds
+    (they differ for prefix-tuning: the reparameterization MLP trains but only its output is saved).
+    """
+
+    kind: ClassVar[str] = ""
+    spec_class: ClassVar[type] = object
+
+    def __init__(self, spec: Any, anatomy: Anatomy) -> None:
+        super().__init__()
+        self.spec = spec
+        self.anatomy = anatomy
+
+    @classmethod
+    def supports(cls, spec: Any, anatomy: Anatomy) -> str | None:
+        """None if this spec can be applied to this anatomy, else the reason it cannot."""
+        return None
+
+    @abstractmethod
+    def attach(self, model: nn.Module) -> None:
+        """Install into `model` (wrap projections, register hooks ...). Output at init follows the paper."""
+
+    @abstractmethod
+    def detach(self, model: nn.Module) -> None:
+        """Undo `attach`, leaving `model` exactly as before."""
+
+    def saved_state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors a checkpoint holds; default: all of this delta's parameters."""
+        return {name: p.detach() for name, p in self.named_parameters()}
+
+    def load_saved_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(state, strict=True)
+
+
+DELTAS: dict[str, type[Delta]] = {}
+
+
+def register_delta(name: str) -> Callable[[type[Delta]], type[Delta]]:
+    """Class decorator: registers a delta family under `name` (the `kind` in YAML); refuses duplicates."""
+
+    def decorator(cls: type[Delta]) -> type[Delta]:
+        if name in DELTAS:
+            raise ValueError(f"delta {name!r} registered twice")
+        cls.kind = name
+        DELTAS[name] = cls
+        return cls
+
+    return decorator

@@ -1,0 +1,179 @@
+"""Training with the transformers Trainer: target-only LM-head work, length-grouped dynamic batches.
+
+The loss needs logits only where a label exists. Instead of letting the model project every position
+(source and padding included) through the LM head, a forward pre-hook on the head gathers the hidden
+states of the predicting positions first, so the head computes `(N_targets, vocab)` instead of
+`(batch, seq, vocab)`: for GPT-2 on table-to-text most positions are source tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from peftrun.backbones.anatomy import Anatomy, get_module
+from peftrun.data import IGNORE_INDEX
+
+
+@contextmanager
+def gather_head_inputs(head: nn.Module, positions: torch.Tensor):
+    """Within the block, `head` sees only hidden[positions] (a bool mask over (batch, seq))."""
+
+    def pre_hook(_module: nn.Module, args: tuple) -> tuple:
+        hidden = args[0]
+        return (hidden[positions],) + tuple(args[1:])
+
+    handle = head.register_forward_pre_hook(pre_hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def target_only_loss(
+    model: nn.Module, anatomy: Anatomy, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, int]:
+    """Summed token cross-entropy over label positions, and the number of those positions.
+
+    decoder: position t predicts labels[t + 1]; encoder-decoder: decoder position t predicts labels[t].
+    """
+    labels = batch["labels"]
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if anatomy.kind == "decoder":
+        targets = labels[:, 1:]
+        positions = torch.zeros_like(labels, dtype=torch.bool)
+        positions[:, :-1] = targets != IGNORE_INDEX
+        gold = targets[targets != IGNORE_INDEX]
+    else:
+        positions = labels != IGNORE_INDEX
+        gold = labels[positions]
+    with gather_head_inputs(get_module(model, anatomy.lm_head), positions):
+        logits = model(**inputs, use_cache=False).logits  # (N, vocab)
+    loss = F.cross_entropy(logits.float(), gold, reduction="sum", label_smoothing=label_smoothing)
+    return loss, int(gold.numel())
+
+
+class PeftrunTrainer(Trainer):
+    """Trainer with target-only logits and a length-grouped sampler fed with precomputed lengths."""
+
+    loss_is_scaled_for_ga = True  # compute_loss normalises by the token count of the whole accumulated batch
+
+    def __init__(self, *args: Any, anatomy: Anatomy, label_smoothing: float, lengths: list[int], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.anatomy = anatomy
+        self.label_smoothing = label_smoothing
+        self.lengths = lengths
+        self.tokens_seen = 0
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_train_sampler(train_dataset)
+        return LengthGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=self.lengths
+        )
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss_sum, count = target_only_loss(model, self.anatomy, inputs, self.label_smoothing)
+        self.tokens_seen += int(inputs["attention_mask"].sum())
+        if num_items_in_batch is not None:
+            loss = loss_sum / num_items_in_batch
+        else:
+            loss = loss_sum / max(count, 1) / self.args.gradient_accumulation_steps
+        return (loss, None) if return_outputs else loss
+
+
+def training_arguments(trainer_cfg: Any, output_dir: str, has_train: bool) -> TrainingArguments:
+    """TrainingArguments from peftrun's TrainerConfig (one place that maps our keys to HF's)."""
+    precision = trainer_cfg.precision
+    warmup: float | int = trainer_cfg.warmup_steps
+    if trainer_cfg.warmup_ratio > 0:
+        warmup = trainer_cfg.warmup_ratio  # transformers reads a float < 1 as a ratio of total steps
+    return TrainingArguments(
+        output_dir=output_dir,
+        learning_rate=trainer_cfg.lr,
+        num_train_epochs=trainer_cfg.epochs,
+        max_steps=trainer_cfg.max_steps,
+        per_device_train_batch_size=trainer_cfg.batch_size,
+        gradient_accumulation_steps=trainer_cfg.grad_accum,
+        warmup_steps=warmup,
+        weight_decay=trainer_cfg.weight_decay,
+        max_grad_norm=trainer_cfg.max_grad_norm,
+        lr_scheduler_type=trainer_cfg.scheduler,
+        seed=trainer_cfg.seed,
+        data_seed=trainer_cfg.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        logging_steps=trainer_cfg.logging_steps,
+        save_strategy="steps" if trainer_cfg.save_every > 0 else "no",
+        save_steps=max(trainer_cfg.save_every, 1),
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        train_sampling_strategy="group_by_length" if trainer_cfg.group_by_length else "random",
+        dataloader_num_workers=trainer_cfg.num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+class ConsoleProgress(TrainerCallback):
+    """A rich progress bar with loss, learning rate and ETA; appends every log to train_log.jsonl."""
+
+    def __init__(self, log_path: str, console: Any) -> None:
+        self.log_path = log_path
+        self.console = console
+        self.progress = None
+        self.task = None
+        self.started = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(), console=self.console, transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=state.max_steps, info="")
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        import json
+
+        logs = dict(logs or {})
+        trainer = kwargs.get("trainer")
+        elapsed = time.perf_counter() - self.started
+        entry = {"step": state.global_step, **logs, "elapsed_s": round(elapsed, 3)}
+        with open(self.log_path, "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        if self.progress is not None and "loss" in logs:
+            lr = logs.get("learning_rate", float("nan"))
+            info = f"loss {logs['loss']:.4f}  lr {lr:.2e}"
+            if trainer is not None:
+                info += f"  {trainer.tokens_seen / max(elapsed, 1e-9):,.0f} tok/s"
+            self.progress.update(self.task, info=info)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def total_steps(n_examples: int, trainer_cfg: Any) -> int:
+    """Optimizer steps a run will take (for the console and the record)."""
+    if trainer_cfg.max_steps > 0:
+        return trainer_cfg.max_steps
+    per_epoch = math.ceil(n_examples / (trainer_cfg.batch_size * trainer_cfg.grad_accum))
+    return math.ceil(per_epoch * trainer_cfg.epochs)
