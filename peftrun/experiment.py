@@ -112,6 +112,8 @@ def _evaluating(cfg) -> bool:
 
 
 def _train(cfg, run_dir, backbone, anatomy, examples, record, console):
+    from transformers.trainer_callback import PrinterCallback
+
     from peftrun.data import PaddingCollator, TokenizedDataset, tokenize_examples
     from peftrun.train import ConsoleProgress, PeftrunTrainer, training_arguments
 
@@ -137,6 +139,7 @@ def _train(cfg, run_dir, backbone, anatomy, examples, record, console):
         lengths=dataset.lengths,
     )
     progress.trainer = trainer
+    trainer.remove_callback(PrinterCallback)  # the rich progress bar and train_log.jsonl replace its prints
     t0 = time.perf_counter()
     result = trainer.train()
     train_s = time.perf_counter() - t0

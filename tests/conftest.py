@@ -11,6 +11,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("PEFTRUN_DATA_DIR", ROOT.parent / "shared" / "data")).resolve()
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tiny models on a shared 2-core machine: one thread per process. With more, OpenMP workers spin while
+# the other test worker holds the core, and a 1 s test takes 10 s.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -33,3 +36,17 @@ def _session_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if "PEFTRUN_CACHE_DIR" not in os.environ:
         os.environ["PEFTRUN_CACHE_DIR"] = str(tmp_path_factory.mktemp("peftrun-cache"))
     return Path(os.environ["PEFTRUN_CACHE_DIR"])
+
+
+# --- backbones (tests/test_backbones.py) -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def backbone_paths(_session_cache_dir: Path):
+    """PathsConfig for load_backbone: the shared data dir and the session's cache (tiny tokenizers train once)."""
+    from peftrun.config import PathsConfig
+
+    return PathsConfig(data_dir=str(DATA_DIR), cache_dir=str(_session_cache_dir))
+
+
+# --- end backbones ------------------------------------------------------------------------------------------------

@@ -79,6 +79,9 @@ class Anatomy:
     input_embeddings / lm_head: paths from the model root (lm_head None for encoders without one).
     conv1d_projections: True when projections are transformers' Conv1D (weight is [in, out]),
         the quirk of GPT-2; LoRA and merging must transpose for them.
+    heads: paths (from the model root) of the task-head modules outside the base model: ("lm_head",),
+        ("classifier",), ("score",), ("cls",) ...; what a `train=head` rule trains. An LM head may be
+        tied to `input_embeddings`. Filled per loaded model by `families.anatomy_of`.
     """
 
     family: str
@@ -88,6 +91,7 @@ class Anatomy:
     lm_head: str | None
     conv1d_projections: bool = False
     notes: str = field(default="", compare=False)
+    heads: tuple[str, ...] = ()  # added by the backbone layer (additive; see docstring)
 
     @property
     def is_encoder_decoder(self) -> bool:

@@ -27,6 +27,7 @@ class Delta(nn.Module, ABC):
 
     kind: ClassVar[str] = ""
     spec_class: ClassVar[type] = object
+    mergeable: ClassVar[bool] = False  # weight-side deltas (LoRA) can be folded into the backbone weights
 
     def __init__(self, spec: Any, anatomy: Anatomy) -> None:
         super().__init__()
@@ -52,6 +53,18 @@ class Delta(nn.Module, ABC):
 
     def load_saved_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.load_state_dict(state, strict=True)
+
+    def per_role_counts(self) -> dict[str, int]:
+        """Trainable parameter count per role (for the accounting); default: everything under "all"."""
+        return {"all": sum(p.numel() for p in self.parameters())}
+
+    def merge(self, model: nn.Module) -> None:
+        """Fold this delta into `model`'s weights and stop applying it at run time (mergeable deltas only)."""
+        raise NotImplementedError(f"{self.kind} deltas cannot be merged into the backbone weights")
+
+    def unmerge(self, model: nn.Module) -> None:
+        """Undo `merge` (subtracts the folded update; exact up to float rounding)."""
+        raise NotImplementedError(f"{self.kind} deltas cannot be merged into the backbone weights")
 
 
 DELTAS: dict[str, type[Delta]] = {}

@@ -18,7 +18,11 @@ class Example:
     source: the linearised input text the model reads.
     target: the text to train on (one reference).
     references: every reference for this input, for multi-reference scoring.
-    meta: task-specific extras (e.g. raw MR, category), JSON-serialisable.
+    meta: task-specific extras (e.g. raw MR, category), JSON-serialisable. Tasks with a head formulation
+        (`Task.head`) also put there what the head needs: "label" (int gold class, an index into
+        `Task.label_names`), "text_a" / "text_b" (the encoder's text pair), and for candidate scoring
+        "candidates" (one text_b per candidate; "label" is the correct one's index); for token tagging "tokens"
+        and "tags".
     """
 
     id: str
@@ -28,10 +32,22 @@ class Example:
     meta: dict[str, Any] | None = None
 
 
+BUILTIN = "builtin"  # task.data_dir value selecting a task's tiny built-in sample (tests, offline smoke runs)
+FORMULATIONS = ("auto", "text", "head")  # task.formulation
+
+
 class Task(ABC):
-    """A task family instance built from a TaskConfig (`cfg`) and the shared data dir."""
+    """A task family instance built from a TaskConfig (`cfg`) and the shared data dir.
+
+    head: the task's formulation for a classification head on an encoder, None for generation-only tasks:
+    "classification" (a text pair -> one of `label_names`), "candidates" (score each candidate of
+    meta["candidates"], pick the best; COPA, ReCoRD) or "token" (one tag per word of meta["tokens"]).
+    label_names: the class names, index = meta["label"]; `score` also accepts them as predictions.
+    """
 
     name: str = ""
+    head: str | None = None
+    label_names: tuple[str, ...] = ()
 
     def __init__(self, cfg: Any, data_dir: str | None = None) -> None:
         self.cfg = cfg
@@ -46,6 +62,29 @@ class Task(ABC):
     @abstractmethod
     def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
         """The task's official metrics for predictions aligned with grouped examples."""
+
+    def formulation(self, backbone_kind: str) -> str:
+        """"text" (generate the target) or `self.head`, from task.formulation and the backbone kind
+        ("decoder" | "encoder-decoder" | "encoder"): auto = the head for encoders, text otherwise."""
+        choice = self.cfg.formulation
+        if choice not in FORMULATIONS:
+            raise PeftrunError(f"task.formulation={choice!r}; known: {', '.join(FORMULATIONS)}")
+        if choice == "auto":
+            choice = "head" if backbone_kind == "encoder" else "text"
+        if choice == "head":
+            if self.head is None:
+                raise PeftrunError(f"task {self.name!r} has no head formulation; use task.formulation=text with a "
+                                   "decoder or encoder-decoder backbone (e.g. backbone=tiny-t5)")
+            return self.head
+        if backbone_kind == "encoder":
+            raise PeftrunError("task.formulation=text generates text, which an encoder backbone cannot; use "
+                               "task.formulation=auto or a decoder / encoder-decoder backbone")
+        return "text"
+
+    def cap(self, examples: list[Example], split: str) -> list[Example]:
+        """The first task.max_train_examples (train split) or task.max_eval_examples (others) examples."""
+        limit = self.cfg.max_train_examples if split == self.cfg.train_split else self.cfg.max_eval_examples
+        return examples if limit is None else examples[:limit]
 
 
 TASKS: dict[str, Callable[..., Task]] = {}
