@@ -72,6 +72,7 @@ class TaskConfig:
     max_source_length: int = 256
     max_target_length: int = 128
     bleu_lowercase: bool = False  # E2E's official BLEU is case-insensitive
+    metrics: list[str] | None = None  # metric names to compute (e.g. [bleu, chrf, ter]); null = all of the task's
     formulation: str = "auto"  # auto | text | head: text-to-text, or the task's head (auto: head for encoders)
     verbalizers: list[str] | None = None  # text-to-text target per class (index = label id); null = label names
     with_keys: bool = False  # Spider: also serialise primary and foreign keys in the source

@@ -42,8 +42,7 @@ def build_model(name: str):
     from peftrun.config import BackboneConfig, PathsConfig
 
     cfg = OmegaConf.structured(BackboneConfig(name=name, family="gpt2", source=name, init="random",
-                                              config_path=str(DATA / "configs" / name),
-                                              tokenizer=str(DATA / "gpt2-tokenizer")))
+                                              config_path=str(DATA / "configs" / name)))
     torch.manual_seed(0)
     return load_backbone(cfg, OmegaConf.structured(PathsConfig(data_dir=str(DATA))))
 

@@ -81,6 +81,16 @@ class Task(ABC):
                                "task.formulation=auto or a decoder / encoder-decoder backbone")
         return "text"
 
+    def select_metrics(self, scores: dict[str, float]) -> dict[str, float]:
+        """`scores` restricted to task.metrics, in that order (all of them when null); an unknown name is an error."""
+        wanted = self.cfg.metrics
+        if wanted is None:
+            return scores
+        if not wanted or any(m not in scores for m in wanted):
+            raise PeftrunError(f"{self.name}: task.metrics={list(wanted)} is not a non-empty subset of "
+                               f"[{', '.join(scores)}]; set task.metrics=null for all")
+        return {m: scores[m] for m in wanted}
+
     def cap(self, examples: list[Example], split: str) -> list[Example]:
         """The first task.max_train_examples (train split) or task.max_eval_examples (others) examples."""
         limit = self.cfg.max_train_examples if split == self.cfg.train_split else self.cfg.max_eval_examples

@@ -1,0 +1,196 @@
+"""`peftrun-score`: score saved predictions against a task split, without a model.
+
+    peftrun-score task=e2e task.data_dir=DIR split=test predictions=FILE [output=FILE.json]
+
+FILE is one of (detected by extension, else by its first line):
+- plain text (.txt, anything else): one prediction per line, one line per grouped example in the task's example
+  order (E2E: the split's distinct MRs in order of first appearance; DART / WebNLG: entries in file order);
+- JSONL (.jsonl, or a first line starting with "{"): objects with "prediction" and "input" (the linearised source or
+  the raw input, e.g. the E2E MR) or "id" (an example id such as "test-3"), as in a run's predictions.jsonl
+  (lines whose "split" names another split are ignored);
+- TSV (.tsv, or a tab-separated first line whose first field is an input, or a header before such a line):
+  `input<TAB>prediction`, as the E2E challenge's system outputs (`MR<TAB>output`, with a header).
+JSONL/TSV lines are matched to examples by input (the k-th line for an input goes to the k-th example with that
+input; one line for an input shared by several examples serves them all). Unmatched lines or examples left without
+a prediction are an error that says how many and shows the first. Metrics print as a table; `output` also writes
+them as JSON (atomically: a temporary file, then os.replace).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from peftrun.config import register_configs
+from peftrun.errors import PeftrunError
+
+register_configs()
+
+
+def score_file(task_cfg: Any, data_dir: str | None, split: str, predictions_path: str) -> dict[str, float]:
+    """The task's metrics for the predictions in `predictions_path` on the grouped examples of `split`."""
+    from peftrun.tasks.base import build_task
+
+    task = build_task(task_cfg, data_dir)
+    examples = task.load(split, grouped=True)
+    predictions = read_predictions(Path(predictions_path), examples, f"task {task.name} split {split}", split)
+    return task.score(predictions, examples)
+
+
+def read_predictions(path: Path, examples: list[Any], where: str, split: str | None = None) -> list[str]:
+    """Predictions aligned with `examples`, from a text, JSONL or TSV file (see the module doc). JSONL lines whose
+    "split" field names another split than `split` are ignored (a run's predictions.jsonl holds every eval split)."""
+    if not path.is_file():
+        raise PeftrunError(f"predictions file {path} not found; set predictions=FILE")
+    lines = path.read_text(encoding="utf-8").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline ends the last line; it does not start an empty one
+    lines = [line.removesuffix("\r") for line in lines]
+    index = _input_index(examples)
+    kind = _detect(path, lines, index)
+    if kind == "text":
+        if len(lines) != len(examples):
+            raise PeftrunError(
+                f"{path} has {len(lines)} lines but {where} has {len(examples)} examples "
+                f"(one line per grouped example, in the task's order)"
+            )
+        return lines
+    records = _jsonl_records(path, lines, split) if kind == "jsonl" else _tsv_records(lines, index)
+    return _match(path, records, examples, index, where)
+
+
+def _input_index(examples: list[Any]) -> dict[str, list[int]]:
+    """Every way a file may name an example (id, source, raw MR) -> example positions in order."""
+    index: dict[str, list[int]] = {}
+    for i, example in enumerate(examples):
+        names = {example.id, example.source, str((example.meta or {}).get("mr", ""))} - {""}
+        for name in names:
+            index.setdefault(name, []).append(i)
+    return index
+
+
+def _detect(path: Path, lines: list[str], index: dict[str, list[int]]) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        return "jsonl"
+    if suffix == ".tsv":
+        return "tsv"
+    first = next((line for line in lines if line.strip()), "")
+    if first.lstrip().startswith("{"):
+        return "jsonl"
+    for line in lines[:2]:
+        if "\t" in line and _tsv_fields(line)[0] in index:
+            return "tsv"
+    return "text"
+
+
+def _tsv_fields(line: str) -> list[str]:
+    return next(csv.reader([line], delimiter="\t"), [""]) or [""]
+
+
+def _tsv_records(lines: list[str], index: dict[str, list[int]]) -> list[tuple[int, str, str | None, str]]:
+    """(line number, line, input, prediction) per TSV row; a first row naming no input is a header."""
+    records = []
+    for number, line in enumerate(lines, start=1):
+        fields = _tsv_fields(line)
+        if number == 1 and fields[0] not in index:
+            continue  # header, e.g. "MR<TAB>output"
+        records.append((number, line, fields[0], fields[1] if len(fields) > 1 else None))
+    return records
+
+
+def _jsonl_records(path: Path, lines: list[str], split: str | None) -> list[tuple[int, str, str | None, str]]:
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise PeftrunError(f"{path} line {number} is not JSON ({err.msg}): {line[:120]}") from err
+        if not isinstance(obj, dict) or not isinstance(obj.get("prediction"), str):
+            raise PeftrunError(f'{path} line {number} has no string "prediction" field: {line[:120]}')
+        if split is not None and obj.get("split", split) != split:
+            continue
+        key = obj.get("input") if isinstance(obj.get("input"), str) else obj.get("id")
+        records.append((number, line, None if key is None else str(key), obj["prediction"]))
+    return records
+
+
+def _match(path: Path, records: list[tuple[int, str, str | None, str]], examples: list[Any],
+           index: dict[str, list[int]], where: str) -> list[str]:
+    """Assign each record to the next example of its input; an input's last prediction fills its other examples."""
+    found: list[str | None] = [None] * len(examples)
+    last: dict[str, str] = {}
+    unmatched: list[tuple[int, str]] = []
+    for number, line, key, prediction in records:
+        slots = index.get(key or "", [])
+        free = next((i for i in slots if found[i] is None), None)
+        if free is None or prediction is None:
+            unmatched.append((number, line))
+            continue
+        found[free] = prediction
+        last[key or ""] = prediction
+    for key, prediction in last.items():
+        for i in index[key]:
+            if found[i] is None:
+                found[i] = prediction
+    missing = [i for i, p in enumerate(found) if p is None]
+    if unmatched or missing:
+        parts = []
+        if unmatched:
+            number, line = unmatched[0]
+            parts.append(f"{len(unmatched)} of {len(records)} lines match no example of {where} "
+                         f"(first: line {number}: {line[:120]!r})")
+        if missing:
+            parts.append(f"{len(missing)} of {len(examples)} examples have no prediction "
+                         f"(first: {examples[missing[0]].id}: {examples[missing[0]].source[:80]!r})")
+        raise PeftrunError(f"{path}: " + "; ".join(parts))
+    return [p for p in found if p is not None]
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON to a temporary file beside `path`, then rename it over `path` (never a half-written file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
+                                     suffix=".tmp", delete=False) as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+        tmp = handle.name
+    os.replace(tmp, path)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="score")
+def main(cfg: DictConfig) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    try:
+        if OmegaConf.is_missing(cfg, "predictions"):
+            raise PeftrunError("no predictions file given; set predictions=FILE")
+        scores = score_file(cfg.task, cfg.paths.data_dir, cfg.split, cfg.predictions)
+        if cfg.output:
+            payload = {"task": cfg.task.name, "split": cfg.split, "predictions": str(Path(cfg.predictions).resolve()),
+                       "metrics": scores}
+            write_json_atomic(Path(cfg.output), payload)
+    except PeftrunError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    table = Table(title=f"scores: {cfg.task.name} {cfg.split}", title_justify="left", caption=str(cfg.predictions))
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in scores.items():
+        table.add_row(name, f"{value:.2f}")
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""The table-to-text family: structured input -> one sentence or a few, scored by multi-reference BLEU.
+
+A concrete task (e2e.py, dart.py, webnlg.py, synthetic.py) only reads its data into `Group`s, one per
+evaluation unit (a distinct E2E MR; a DART / WebNLG entry) with all its references, in file order. This
+module turns groups into Examples (grouped or one per reference), applies the example caps, caches parsed
+files in-process, reaches the hub, and scores with `peftrun.metrics.generation` in the task's BLEU style.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from abc import abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from peftrun.errors import PeftrunError
+from peftrun.tasks.base import Example, Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Group:
+    """One evaluation unit. key: the raw input (what re-scoring files may name it by); source: linearised."""
+
+    key: str
+    source: str
+    references: tuple[str, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+METRICS = ("bleu", "chrf", "ter")
+_CACHE: dict[tuple, list[Group]] = {}
+
+
+def cached_parse(task: str, split: str, files: Sequence[Path], parse: Callable[[], list[Group]]) -> list[Group]:
+    """parse() once per (task, split, files and their modification times) in this process."""
+    key = (task, split, tuple((str(p.resolve()), p.stat().st_mtime_ns) for p in files))
+    if key not in _CACHE:
+        _CACHE[key] = parse()
+    return _CACHE[key]
+
+
+def warn_skipped(skipped: int, total: int, where: str, what: str) -> None:
+    """One warning per parsed file set, never one per row."""
+    if skipped:
+        log.warning("skipped %d of %d malformed rows in %s (%s)", skipped, total, where, what)
+
+
+def group_pairs(pairs: Iterable[tuple[str, str, str, dict[str, Any]]]) -> list[Group]:
+    """(key, source, reference, meta) rows -> one Group per distinct key, in order of first appearance."""
+    order: list[str] = []
+    refs: dict[str, list[str]] = {}
+    first: dict[str, tuple[str, dict[str, Any]]] = {}
+    for key, source, ref, meta in pairs:
+        if key not in refs:
+            order.append(key)
+            refs[key] = []
+            first[key] = (source, meta)
+        refs[key].append(ref)
+    return [Group(k, first[k][0], tuple(refs[k]), first[k][1]) for k in order]
+
+
+def require_file(path: Path, task: str, fix: str = "") -> Path:
+    """`path` itself, or a PeftrunError naming it and the fix."""
+    if not path.is_file():
+        hint = fix or f"point task.data_dir at the folder of the official {task} files"
+        raise PeftrunError(f"{task}: missing file {path}; {hint}")
+    return path
+
+
+def require_dir(data_dir: str, task: str) -> Path:
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        raise PeftrunError(f"{task}: task.data_dir={data_dir} is not a directory; set task.data_dir=DIR (the official files)")
+    return path
+
+
+def load_hub(task: str, hub_id: str | None, data_hint: str) -> Any:
+    """`datasets.load_dataset` of "ID" or "ID:CONFIG", failing fast with one PeftrunError line when offline.
+
+    Offline means HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set, or the hub endpoint unreachable within 3 s (checked
+    before datasets starts its own retries). Returns the DatasetDict.
+    """
+    fix = f"set task.data_dir=DIR (the official {task} files{data_hint})"
+    if not hub_id:
+        raise PeftrunError(f"{task}: task.data_dir and task.hub_id are both null; {fix}")
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}:
+            raise PeftrunError(f"{task}: cannot load hub dataset {hub_id!r}: {var} is set; {fix}")
+    _check_reachable(task, hub_id, fix)
+    from datasets import load_dataset
+
+    name, _, config = hub_id.partition(":")
+    try:
+        return load_dataset(name, config or None)
+    except Exception as err:  # datasets raises many types (connection, missing repo, script datasets ...)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PeftrunError(f"{task}: loading hub dataset {hub_id!r} failed ({first}); {fix}") from err
+
+
+def _check_reachable(task: str, hub_id: str, fix: str) -> None:
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+    except OSError as err:
+        raise PeftrunError(f"{task}: cannot load hub dataset {hub_id!r}: {host} unreachable ({err}); {fix}") from err
+
+
+def hub_split(dataset: Any, split: str, task: str, hub_id: str) -> Any:
+    """The hub split for one of ours (validation is "dev" or "val" in some hub datasets)."""
+    aliases = {"validation": ("validation", "dev", "val"), "test": ("test",), "train": ("train",)}
+    for name in aliases.get(split, (split,)):
+        if name in dataset:
+            return dataset[name]
+    raise PeftrunError(f"{task}: hub dataset {hub_id!r} has no split {split!r} (it has {', '.join(dataset)}); set task.data_dir=DIR")
+
+
+class TableToTextTask(Task):
+    """Base of the table-to-text tasks. Subclasses set the class constants and read their data into Groups.
+
+    splits: the split names `load` accepts. bleu_style: "13a" or "webnlg" (see peftrun.metrics.generation).
+    data_folder: the task's folder under the shared data dir (for the hint in missing-data errors).
+    """
+
+    splits: ClassVar[tuple[str, ...]] = ("train", "validation", "test")
+    bleu_style: ClassVar[str] = "13a"
+    data_folder: ClassVar[str] = ""
+
+    def load(self, split: str, grouped: bool) -> list[Example]:
+        if split not in self.splits:
+            raise PeftrunError(f"{self.name}: unknown split {split!r}; known: {', '.join(self.splits)} (task.eval_splits / split=)")
+        groups = self.groups(split)
+        if grouped:
+            examples = [
+                Example(f"{split}-{i}", g.source, g.references[0], g.references, dict(g.meta))
+                for i, g in enumerate(groups)
+            ]
+        else:
+            examples = [
+                Example(f"{split}-{i}-{j}", g.source, ref, g.references, dict(g.meta))
+                for i, g in enumerate(groups)
+                for j, ref in enumerate(g.references)
+            ]
+        cap = self.cfg.max_train_examples if split == self.cfg.train_split else self.cfg.max_eval_examples
+        return examples if cap is None else examples[:cap]
+
+    def groups(self, split: str) -> list[Group]:
+        """All groups of `split` (uncapped): from task.data_dir when set, else from the hub."""
+        if self.cfg.data_dir:
+            return self.read_local(require_dir(self.cfg.data_dir, self.name), split)
+        return self.read_hub(split)
+
+    @abstractmethod
+    def read_local(self, data_dir: Path, split: str) -> list[Group]:
+        """Groups of `split` from the official files in data_dir (use cached_parse)."""
+
+    @abstractmethod
+    def read_hub(self, split: str) -> list[Group]:
+        """Groups of `split` from the hub dataset cfg.hub_id (use load_hub)."""
+
+    def hub(self) -> Any:
+        return load_hub(self.name, self.cfg.hub_id, self._shared_hint())
+
+    def _shared_hint(self) -> str:
+        if self.data_dir and self.data_folder:
+            local = Path(self.data_dir).expanduser() / self.data_folder
+            if local.is_dir():
+                return f", e.g. task.data_dir={local}"
+        return ""
+
+    def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
+        """task.metrics among bleu, chrf, ter (0-100; null = all three) over grouped examples, BLEU in this task's
+        official style. sacrebleu's TER is slow (about 30 ms per hypothesis-reference pair on one CPU core)."""
+        if len(predictions) != len(examples):
+            raise PeftrunError(f"{self.name}: {len(predictions)} predictions for {len(examples)} examples")
+        metrics = list(self.cfg.metrics) if self.cfg.metrics is not None else list(METRICS)
+        unknown = [m for m in metrics if m not in METRICS]
+        if unknown or not metrics:
+            raise PeftrunError(f"{self.name}: task.metrics={metrics} is not a non-empty subset of [{', '.join(METRICS)}]")
+        return self._scores(predictions, [e.references for e in examples], metrics)
+
+    def _scores(self, predictions: Sequence[str], references: Sequence[Sequence[str]],
+                metrics: Sequence[str]) -> dict[str, float]:
+        from peftrun.metrics.generation import generation_scores
+
+        return generation_scores(predictions, references, lowercase=self.cfg.bleu_lowercase, style=self.bleu_style,
+                                 metrics=metrics)

@@ -1,0 +1,139 @@
+"""`peftrun-score` as a user runs it (subprocesses), checked against sacrebleu called directly on the same strings,
+and the E2E challenge's published BLEU of two systems reproduced from their output files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from sacrebleu.metrics import BLEU, CHRF
+
+from peftrun.config import TaskConfig
+from peftrun.errors import PeftrunError
+from peftrun.score import read_predictions, score_file
+from peftrun.tasks import build_task
+from tests.conftest import ROOT, require_data
+
+
+def peftrun_score(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "peftrun.score", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def synthetic_examples(split: str = "validation") -> list:
+    return build_task(OmegaConf.structured(TaskConfig(name="synthetic"))).load(split, grouped=True)
+
+
+def hand_made_predictions(examples: list) -> list[str]:
+    """Exact references, a changed word, a case change and nonsense, so BLEU is neither 0 nor 100."""
+    out = []
+    for i, e in enumerate(examples):
+        ref = e.references[i % 3]
+        out.append([ref, ref.replace(" is ", " was "), ref.upper(), "no idea"][i % 4])
+    return out
+
+
+def streams_of(examples: list) -> list[list[str | None]]:
+    """sacrebleu reference streams written out here: stream k = k-th reference of every input, None where absent."""
+    width = max(len(e.references) for e in examples)
+    return [[e.references[k] if k < len(e.references) else None for e in examples] for k in range(width)]
+
+
+def test_text_predictions_equal_sacrebleu_and_write_json(tmp_path: Path) -> None:
+    examples = synthetic_examples()
+    predictions = hand_made_predictions(examples)
+    (tmp_path / "preds.txt").write_text("\n".join(predictions) + "\n", encoding="utf-8")
+    proc = peftrun_score("task=synthetic", "split=validation", "predictions=preds.txt", "output=out/scores.json",
+                         cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    written = json.loads((tmp_path / "out" / "scores.json").read_text())
+    streams = streams_of(examples)
+    assert written["metrics"]["bleu"] == pytest.approx(BLEU(lowercase=True).corpus_score(predictions, streams).score, abs=1e-9)
+    assert written["metrics"]["chrf"] == pytest.approx(CHRF(lowercase=True).corpus_score(predictions, streams).score, abs=1e-9)
+    assert 20 < written["metrics"]["bleu"] < 90
+    assert written["task"] == "synthetic" and written["split"] == "validation"
+    assert "bleu" in proc.stdout  # the rich table
+    # scoring writes nothing else: no outputs/, no .hydra/, no log file, no temporary file left
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["out", "out/scores.json", "preds.txt"]
+
+
+def test_jsonl_in_any_order_gives_the_same_numbers(tmp_path: Path) -> None:
+    examples = synthetic_examples("test")
+    predictions = hand_made_predictions(examples)
+    (tmp_path / "preds.txt").write_text("\n".join(predictions), encoding="utf-8")  # no final newline
+    lines = [json.dumps({"input": e.source, "prediction": p}) for e, p in zip(examples, predictions, strict=True)]
+    lines[0] = json.dumps({"id": examples[0].id, "prediction": predictions[0]})  # by id works too
+    lines.append(json.dumps({"split": "validation", "input": examples[1].source, "prediction": "other split"}))
+    (tmp_path / "preds.jsonl").write_text("\n".join(reversed(lines)) + "\n", encoding="utf-8")
+    for name in ("preds.txt", "preds.jsonl"):
+        proc = peftrun_score("task=synthetic", "split=test", f"predictions={name}", f"output={name}.json", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    text = json.loads((tmp_path / "preds.txt.json").read_text())["metrics"]
+    jsonl = json.loads((tmp_path / "preds.jsonl.json").read_text())["metrics"]
+    assert text == jsonl
+    assert text["bleu"] == pytest.approx(BLEU(lowercase=True).corpus_score(predictions, streams_of(examples)).score)
+
+
+def test_wrong_line_count_exits_2_with_one_line(tmp_path: Path) -> None:
+    predictions = hand_made_predictions(synthetic_examples())[:-1]
+    (tmp_path / "short.txt").write_text("\n".join(predictions) + "\n", encoding="utf-8")
+    proc = peftrun_score("task=synthetic", "split=validation", "predictions=short.txt", "output=never.json", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "99 lines" in lines[0] and "100 examples" in lines[0]
+    assert not (tmp_path / "never.json").exists()
+
+
+def test_jsonl_unmatched_and_missing_are_counted(tmp_path: Path) -> None:
+    examples = synthetic_examples()
+    lines = [json.dumps({"input": e.source, "prediction": "x"}) for e in examples[:-2]]
+    lines.insert(2, json.dumps({"input": "name : Nowhere | Type : pub", "prediction": "x"}))
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(PeftrunError, match=r"1 of 99 lines match no example.*line 3: .*Nowhere.*2 of 100 examples have no prediction"):
+        read_predictions(path, examples, "task synthetic split validation")
+    path.write_text('{"input": "a"}\n', encoding="utf-8")
+    with pytest.raises(PeftrunError, match='line 1 has no string "prediction"'):
+        read_predictions(path, examples, "here")
+    with pytest.raises(PeftrunError, match="predictions=FILE"):
+        read_predictions(tmp_path / "absent.txt", examples, "here")
+
+
+def test_e2e_ragged_references_jsonl_by_mr(tmp_path: Path) -> None:
+    folder = require_data("e2e")
+    examples = build_task(OmegaConf.structured(TaskConfig(name="e2e", data_dir=str(folder)))).load("validation", True)
+    assert len({len(e.references) for e in examples}) > 1  # ragged
+    predictions = [e.references[-1] if i % 2 else e.references[0].lower() for i, e in enumerate(examples)]
+    lines = [json.dumps({"input": e.meta["mr"], "prediction": p}) for e, p in zip(examples, predictions, strict=True)]
+    (tmp_path / "p.jsonl").write_text("\n".join(lines[::-1]), encoding="utf-8")
+    proc = peftrun_score("task=e2e", f"task.data_dir={folder}", "split=validation", "predictions=p.jsonl",
+                         "output=s.json", "task.metrics=[bleu]", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads((tmp_path / "s.json").read_text())["metrics"]
+    assert got == {"bleu": pytest.approx(BLEU(lowercase=True).corpus_score(predictions, streams_of(examples)).score, abs=1e-9)}
+
+
+@pytest.mark.parametrize("system,published", [("tgen", 65.93), ("slug", 66.19)])
+def test_published_e2e_test_bleu_from_system_outputs(system: str, published: float) -> None:
+    """E2E challenge results (Dušek et al. 2020): TGen baseline 65.93, SLUG (winner) 66.19 test BLEU."""
+    folder = require_data("e2e")
+    cfg = OmegaConf.merge(OmegaConf.structured(TaskConfig), OmegaConf.load(ROOT / "conf" / "task" / "e2e.yaml"))
+    cfg.data_dir, cfg.metrics = str(folder), ["bleu"]
+    scores = score_file(cfg, None, "test", str(folder / "system_outputs" / f"{system}.tsv"))
+    assert scores["bleu"] == pytest.approx(published, abs=0.5)
+    assert round(scores["bleu"], 2) == published  # in fact identical to the published number
+
+
+def test_tsv_system_output_through_the_command(tmp_path: Path) -> None:
+    folder = require_data("e2e")
+    proc = peftrun_score("task=e2e", f"task.data_dir={folder}", "split=test", "task.metrics=[bleu]",
+                         f"predictions={folder / 'system_outputs' / 'tgen.tsv'}", "output=tgen.json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert round(json.loads((tmp_path / "tgen.json").read_text())["metrics"]["bleu"], 2) == 65.93
