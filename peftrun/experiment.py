@@ -14,7 +14,18 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from peftrun.errors import PeftrunError
-from peftrun.records import base_record, write_predictions, write_record
+from peftrun.records import base_record, read_record, write_predictions, write_record
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGTERM/SIGINT after saving a checkpoint; rerunning the command resumes."""
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (or a single process): the only one that writes records and evaluates."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def run_experiment(cfg: DictConfig, run_dir: str | Path, overrides: list[str], console: Console) -> dict[str, Any]:
@@ -33,20 +44,31 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, overrides: list[str], c
             f"task {cfg.task.name!r} generates text but backbone {cfg.backbone.name!r} is an encoder ({anatomy.family}); "
             "use a decoder or encoder-decoder backbone (e.g. backbone=tiny-gpt2, backbone=tiny-bart)"
         )
-    record = base_record(run_dir, OmegaConf.to_container(cfg, resolve=True), overrides, cfg.trainer.seed)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    previous = read_record(run_dir)
+    if previous is not None and previous.get("status") == "complete" and previous.get("config") == config:
+        console.print(f"[green]{run_dir}: already complete with this config; skipping (delete results.json to rerun)")
+        return previous
+    record = base_record(run_dir, config, overrides, cfg.trainer.seed)
     record["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    write_record(run_dir, record)
+    save = write_record if is_main_process() else (lambda *_: None)
+    save(run_dir, record)
     try:
-        _run(cfg, run_dir, task, anatomy, record, console, started, load_backbone, apply_method)
+        _run(cfg, run_dir, task, anatomy, record, console, started, load_backbone, apply_method, save)
+    except Interrupted as err:
+        record["status"] = "interrupted"
+        record["error"] = str(err)
+        save(run_dir, record)
+        raise
     except BaseException as err:
         record["status"] = "failed"
         record["error"] = f"{type(err).__name__}: {err}"
-        write_record(run_dir, record)
+        save(run_dir, record)
         raise
     return record
 
 
-def _run(cfg, run_dir, task, anatomy, record, console, started, load_backbone, apply_method) -> None:
+def _run(cfg, run_dir, task, anatomy, record, console, started, load_backbone, apply_method, save) -> None:
     import torch
     from transformers import set_seed
 
@@ -62,14 +84,14 @@ def _run(cfg, run_dir, task, anatomy, record, console, started, load_backbone, a
 
     dry_meta = cfg.trainer.dry_run and cfg.backbone.init == "random"
     backbone = load_backbone(cfg.backbone, cfg.paths, head="lm", meta=dry_meta)
-    method = apply_method(backbone.model, anatomy, cfg.method)
+    method = apply_method(backbone.model, backbone.anatomy, cfg.method)
     record["backbone"] = backbone.description
     record["params"] = method.param_report()
     console.print(parameter_table(record["params"], title=f"{cfg.backbone.name} + {cfg.method.name}"))
     if cfg.trainer.dry_run:
         record["status"] = "dry_run"
         record["timings"]["setup_s"] = round(time.perf_counter() - started, 3)
-        write_record(run_dir, record)
+        save(run_dir, record)
         return
 
     record["timings"]["setup_s"] = round(time.perf_counter() - started, 3)
@@ -77,8 +99,10 @@ def _run(cfg, run_dir, task, anatomy, record, console, started, load_backbone, a
         record["train"], record["timings"]["train_s"], record["timings"]["train_tokens_per_s"] = _train(
             cfg, run_dir, backbone, anatomy, train_examples, record, console
         )
+    if not is_main_process():
+        return  # rank 0 saves the adapter and evaluates every example; the others are done
     method.save(run_dir / "adapter")
-    write_record(run_dir, record)
+    save(run_dir, record)
 
     eval_started = time.perf_counter()
     predictions: list[dict[str, Any]] = []
@@ -99,7 +123,7 @@ def _run(cfg, run_dir, task, anatomy, record, console, started, load_backbone, a
     record["peak_memory_mb"] = _peak_memory_mb(torch)
     record["status"] = "complete"
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    write_record(run_dir, record)
+    save(run_dir, record)
     console.print(results_table(record))
 
 
@@ -115,7 +139,7 @@ def _train(cfg, run_dir, backbone, anatomy, examples, record, console):
     from transformers.trainer_callback import PrinterCallback
 
     from peftrun.data import PaddingCollator, TokenizedDataset, tokenize_examples
-    from peftrun.train import ConsoleProgress, PeftrunTrainer, training_arguments
+    from peftrun.train import ConsoleProgress, PeftrunTrainer, StopOnSignal, last_checkpoint, training_arguments
 
     tok = tokenize_examples(examples, backbone.tokenizer, anatomy.kind, cfg.task.max_source_length,
                             cfg.task.max_target_length, cfg.paths.cache_dir)
@@ -128,12 +152,19 @@ def _train(cfg, run_dir, backbone, anatomy, examples, record, console):
         decoder_start_token_id=getattr(backbone.model.config, "decoder_start_token_id", None),
     )
     progress = ConsoleProgress(str(run_dir / "train_log.jsonl"), console)
+    stopper = StopOnSignal()
+    checkpoints = str(run_dir / "checkpoints")
+    resume_from = last_checkpoint(checkpoints)
+    if cfg.trainer.resume and resume_from is None:
+        raise PeftrunError(f"trainer.resume=true but {checkpoints} holds no checkpoint; drop trainer.resume")
+    if resume_from is not None:
+        console.print(f"[yellow]resuming from {resume_from}")
     trainer = PeftrunTrainer(
         model=backbone.model,
-        args=training_arguments(cfg.trainer, str(run_dir / "checkpoints"), has_train=True),
+        args=training_arguments(cfg.trainer, checkpoints, has_train=True),
         train_dataset=dataset,
         data_collator=collator,
-        callbacks=[progress],
+        callbacks=[progress, stopper],
         anatomy=anatomy,
         label_smoothing=cfg.trainer.label_smoothing,
         lengths=dataset.lengths,
@@ -141,8 +172,11 @@ def _train(cfg, run_dir, backbone, anatomy, examples, record, console):
     progress.trainer = trainer
     trainer.remove_callback(PrinterCallback)  # the rich progress bar and train_log.jsonl replace its prints
     t0 = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume_from)
     train_s = time.perf_counter() - t0
+    if stopper.received is not None:
+        raise Interrupted(f"stopped by signal {stopper.received} at step {trainer.state.global_step}; "
+                          "checkpoint saved, run the same command again to resume")
     summary = {"steps": trainer.state.global_step, "final_loss": _last_loss(trainer.state.log_history),
                "train_loss": result.training_loss, "tokens": trainer.tokens_seen}
     return summary, round(train_s, 3), round(trainer.tokens_seen / max(train_s, 1e-9), 1)

@@ -9,18 +9,30 @@ states of the predicting positions first, so the head computes `(N_targets, voca
 from __future__ import annotations
 
 import math
+import os
+import signal
 import time
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from peftrun.backbones.anatomy import Anatomy, get_module
 from peftrun.data import IGNORE_INDEX
+from peftrun.errors import PeftrunError
+
+TRAINABLE_WEIGHTS = "trainable.safetensors"
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable parameters by name (contiguous copies, as safetensors wants)."""
+    unwrapped = getattr(model, "module", model)
+    return {n: p.detach().contiguous() for n, p in unwrapped.named_parameters() if p.requires_grad}
 
 
 @contextmanager
@@ -55,7 +67,8 @@ def target_only_loss(
     else:
         positions = labels != IGNORE_INDEX
         gold = labels[positions]
-    with gather_head_inputs(get_module(model, anatomy.lm_head), positions):
+    unwrapped = getattr(model, "module", model)  # DistributedDataParallel keeps the model in .module
+    with gather_head_inputs(get_module(unwrapped, anatomy.lm_head), positions):
         logits = model(**inputs, use_cache=False).logits  # (N, vocab)
     loss = F.cross_entropy(logits.float(), gold, reduction="sum", label_smoothing=label_smoothing)
     return loss, int(gold.numel())
@@ -73,6 +86,29 @@ class PeftrunTrainer(Trainer):
         self.lengths = lengths
         self.tokens_seen = 0
 
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Checkpoints hold the trainable tensors only (a LoRA checkpoint is kilobytes, not the backbone)."""
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        save_file(trainable_state(self.model), os.path.join(output_dir, TRAINABLE_WEIGHTS))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        model = model if model is not None else self.model
+        path = os.path.join(resume_from_checkpoint, TRAINABLE_WEIGHTS)
+        state = load_file(path)
+        expected = trainable_state(model)
+        if set(state) != set(expected):
+            raise PeftrunError(
+                f"checkpoint {resume_from_checkpoint} does not match this method's trainable parameters "
+                f"({len(state)} vs {len(expected)} tensors); resume with the same method, or start a new run dir"
+            )
+        unwrapped = getattr(model, "module", model)
+        with torch.no_grad():
+            params = dict(unwrapped.named_parameters())
+            for name, tensor in state.items():
+                params[name].copy_(tensor)
+
     def _get_train_sampler(self, train_dataset=None):
         if self.args.train_sampling_strategy != "group_by_length":
             return super()._get_train_sampler(train_dataset)
@@ -85,6 +121,9 @@ class PeftrunTrainer(Trainer):
         self.tokens_seen += int(inputs["attention_mask"].sum())
         if num_items_in_batch is not None:
             loss = loss_sum / num_items_in_batch
+            if self.args.average_tokens_across_devices:
+                # num_items_in_batch counts every process's tokens while DDP averages gradients over processes
+                loss = loss * self.accelerator.num_processes
         else:
             loss = loss_sum / max(count, 1) / self.args.gradient_accumulation_steps
         return (loss, None) if return_outputs else loss
@@ -114,6 +153,7 @@ def training_arguments(trainer_cfg: Any, output_dir: str, has_train: bool) -> Tr
         logging_steps=trainer_cfg.logging_steps,
         save_strategy="steps" if trainer_cfg.save_every > 0 else "no",
         save_steps=max(trainer_cfg.save_every, 1),
+        save_total_limit=2,  # the newest for resume + one in case the newest was cut mid-write
         eval_strategy="no",
         report_to="none",
         disable_tqdm=True,
@@ -177,3 +217,43 @@ def total_steps(n_examples: int, trainer_cfg: Any) -> int:
         return trainer_cfg.max_steps
     per_epoch = math.ceil(n_examples / (trainer_cfg.batch_size * trainer_cfg.grad_accum))
     return math.ceil(per_epoch * trainer_cfg.epochs)
+
+
+class StopOnSignal(TrainerCallback):
+    """SIGTERM (Slurm preemption) or SIGINT: save a checkpoint at the end of the current step, then stop.
+
+    `received` tells the caller the run was interrupted (its record says so and the next run resumes).
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received is not None:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def last_checkpoint(directory: str) -> str | None:
+    """The newest `checkpoint-<step>` folder holding trainable weights, or None."""
+    if not os.path.isdir(directory):
+        return None
+    steps = []
+    for name in os.listdir(directory):
+        complete = os.path.exists(os.path.join(directory, name, "trainer_state.json"))  # written last
+        if name.startswith("checkpoint-") and name.split("-")[-1].isdigit() and complete:
+            steps.append(int(name.split("-")[-1]))
+    return os.path.join(directory, f"checkpoint-{max(steps)}") if steps else None

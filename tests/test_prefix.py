@@ -397,3 +397,23 @@ def test_flash_attention_is_refused_with_the_fix():
     backbone.model.config._attn_implementation_internal = "flash_attention_2"
     with pytest.raises(PeftrunError, match="sdpa"):
         prefix_delta(backbone)
+
+
+def test_without_the_mask_function_padding_would_leak_in():
+    """Why the mask function is registered: for an unknown implementation masking_utils returns no mask at all."""
+    from transformers.masking_utils import AttentionMaskInterface
+
+    backbone = tiny("bert")
+    model = backbone.model
+    ids, mask = inputs(model)
+    delta = prefix_delta(backbone)
+    with torch.no_grad():
+        masked = model(input_ids=ids, attention_mask=mask).logits
+        registered = AttentionMaskInterface._global_mapping.pop(IMPLEMENTATION)
+        try:
+            leaked = model(input_ids=ids, attention_mask=mask).logits
+        finally:
+            AttentionMaskInterface.register(IMPLEMENTATION, registered)
+        delta.detach(model)
+    assert (leaked[1, :4] - masked[1, :4]).abs().max() > 1e-3  # the padded row now attends to its padding
+    torch.testing.assert_close(leaked[0], masked[0], atol=1e-5, rtol=1e-5)  # the unpadded row is unaffected

@@ -1,9 +1,11 @@
-"""Tasks: one module per task family; importing this package registers the built-in tasks (see base.TASKS).
+"""Tasks: one module per task family; importing this package registers every built-in task (see base.TASKS).
 
-Table-to-text (peftrun.tasks.table_to_text): e2e, dart, webnlg (2017), synthetic (built in, the offline default).
+table-to-text (table_to_text.py): e2e, dart, webnlg (2017), synthetic (built in, the offline default);
+summarization: xsum, cnn_dm; superglue: boolq, cb, rte, copa, wic, wsc, multirc, record;
+sequence_labelling: conll2003; spider: spider.
 """
 
-from peftrun.tasks import (  # noqa: F401  (each registers its task)
+from peftrun.tasks import (  # noqa: F401  (each module registers its tasks)
     dart,
     e2e,
     sequence_labelling,

@@ -32,7 +32,6 @@ label.
 from __future__ import annotations
 
 import json
-import logging
 import re
 from abc import abstractmethod
 from pathlib import Path
@@ -42,7 +41,6 @@ from peftrun.errors import PeftrunError
 from peftrun.tasks.base import BUILTIN, Example, Task, register_task
 from peftrun.tasks.table_to_text import cached_parse, hub_split, load_hub, require_dir, warn_skipped
 
-log = logging.getLogger(__name__)
 FILES = {"train": "train.jsonl", "validation": "val.jsonl", "dev32": "dev32.jsonl"}
 _STRIP = " \t\n\"'`.,;:!?()[]"
 

@@ -14,12 +14,13 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from peftrun.errors import PeftrunError
 from peftrun.tasks.base import Example, Task
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -33,11 +34,12 @@ class Group:
 
 
 METRICS = ("bleu", "chrf", "ter")
-_CACHE: dict[tuple, list[Group]] = {}
+_CACHE: dict[tuple, Any] = {}
 
 
-def cached_parse(task: str, split: str, files: Sequence[Path], parse: Callable[[], list[Group]]) -> list[Group]:
-    """parse() once per (task, split, files and their modification times) in this process."""
+def cached_parse(task: str, split: str, files: Sequence[Path], parse: Callable[[], T]) -> T:
+    """parse() once per (task, split, files and their modification times) in this process. The result is shared:
+    callers must not mutate it (Groups are frozen; load() builds fresh Examples from them)."""
     key = (task, split, tuple((str(p.resolve()), p.stat().st_mtime_ns) for p in files))
     if key not in _CACHE:
         _CACHE[key] = parse()

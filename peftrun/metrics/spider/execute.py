@@ -28,11 +28,8 @@ from pathlib import Path
 from typing import Any
 
 _ALLOWED_ACTIONS = frozenset(
-    code for code in (
-        getattr(sqlite3, "SQLITE_SELECT", 21), getattr(sqlite3, "SQLITE_READ", 20),
-        getattr(sqlite3, "SQLITE_FUNCTION", 31), getattr(sqlite3, "SQLITE_RECURSIVE", 33),
-    )
-)  # fmt: skip
+    (sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE)
+)
 _DENIED_FUNCTIONS = frozenset({"load_extension"})
 _LEADING_COMMENTS = re.compile(r"\A(?:\s+|--[^\n]*(?:\n|\Z)|/\*.*?\*/)*", re.DOTALL)
 _QUERY_START = re.compile(r"(?:select|with|values)\b|\(", re.IGNORECASE)
@@ -66,7 +63,7 @@ class QueryResult:
 def _authorize(action: int, arg1: str | None, arg2: str | None, db_name: str | None, trigger: str | None) -> int:
     if action not in _ALLOWED_ACTIONS:
         return sqlite3.SQLITE_DENY
-    if action == getattr(sqlite3, "SQLITE_FUNCTION", 31) and (arg2 or "").lower() in _DENIED_FUNCTIONS:
+    if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in _DENIED_FUNCTIONS:
         return sqlite3.SQLITE_DENY
     return sqlite3.SQLITE_OK
 
