@@ -106,11 +106,21 @@ class TrainerConfig:
 
 
 @dataclass
+class LoggerConfig:
+    """Experiment tracking on top of results.json / train_log.jsonl (which are always written)."""
+
+    backend: str = "tensorboard"  # tensorboard | wandb | mlflow | none
+    project: str = "peftrun"  # W&B project / MLflow experiment name
+    offline: bool = True  # W&B offline mode, MLflow file store in the run dir: safe on offline nodes
+
+
+@dataclass
 class RunConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     run_name: str = "${backbone.name}_${method.name}_${task.name}"
 

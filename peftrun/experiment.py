@@ -161,7 +161,7 @@ def _train(cfg, run_dir, backbone, anatomy, examples, record, console):
         console.print(f"[yellow]resuming from {resume_from}")
     trainer = PeftrunTrainer(
         model=backbone.model,
-        args=training_arguments(cfg.trainer, checkpoints, has_train=True),
+        args=training_arguments(cfg.trainer, checkpoints, True, cfg.logger, str(run_dir)),
         train_dataset=dataset,
         data_collator=collator,
         callbacks=[progress, stopper],

@@ -129,8 +129,11 @@ class PeftrunTrainer(Trainer):
         return (loss, None) if return_outputs else loss
 
 
-def training_arguments(trainer_cfg: Any, output_dir: str, has_train: bool) -> TrainingArguments:
+def training_arguments(
+    trainer_cfg: Any, output_dir: str, has_train: bool, logger_cfg: Any | None = None, run_dir: str | None = None
+) -> TrainingArguments:
     """TrainingArguments from peftrun's TrainerConfig (one place that maps our keys to HF's)."""
+    report_to = configure_logger(logger_cfg, run_dir) if logger_cfg is not None else "none"
     precision = trainer_cfg.precision
     warmup: float | int = trainer_cfg.warmup_steps
     if trainer_cfg.warmup_ratio > 0:
@@ -155,7 +158,8 @@ def training_arguments(trainer_cfg: Any, output_dir: str, has_train: bool) -> Tr
         save_steps=max(trainer_cfg.save_every, 1),
         save_total_limit=2,  # the newest for resume + one in case the newest was cut mid-write
         eval_strategy="no",
-        report_to="none",
+        report_to=report_to,
+        run_name=os.path.basename(run_dir) if run_dir else None,
         disable_tqdm=True,
         remove_unused_columns=False,
         train_sampling_strategy="group_by_length" if trainer_cfg.group_by_length else "random",
@@ -163,6 +167,42 @@ def training_arguments(trainer_cfg: Any, output_dir: str, has_train: bool) -> Tr
         dataloader_pin_memory=torch.cuda.is_available(),
         use_cpu=not torch.cuda.is_available(),
     )
+
+
+_USER_ENV = dict(os.environ)  # what the user set before peftrun started: it always wins
+
+
+def _run_env(name: str, value: str) -> None:
+    """Set a per-run variable unless the user set it (sweep jobs share one process: no setdefault)."""
+    os.environ[name] = _USER_ENV.get(name, value)
+
+
+def configure_logger(logger_cfg: Any, run_dir: str | None) -> str:
+    """The Trainer's `report_to` for logger.backend, with offline-safe settings for W&B and MLflow."""
+    backend = logger_cfg.backend
+    if backend == "none":
+        return "none"
+    if backend == "tensorboard" and run_dir:
+        _run_env("TENSORBOARD_LOGGING_DIR", os.path.join(run_dir, "tensorboard"))
+    elif backend == "wandb":
+        _run_env("WANDB_PROJECT", logger_cfg.project)
+        if logger_cfg.offline:
+            _run_env("WANDB_MODE", "offline")
+        if run_dir:
+            _run_env("WANDB_DIR", run_dir)
+    elif backend == "mlflow":
+        _run_env("MLFLOW_EXPERIMENT_NAME", logger_cfg.project)
+        if logger_cfg.offline and run_dir:
+            _run_env("MLFLOW_TRACKING_URI", "file:" + os.path.join(os.path.abspath(run_dir), "mlruns"))
+    elif backend != "tensorboard":
+        raise PeftrunError(f"logger.backend={backend!r} is not one of tensorboard, wandb, mlflow, none")
+    module = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}[backend]
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise PeftrunError(f"logger.backend={backend} needs the {module!r} package: pip install {module}, "
+                           "or choose logger=none")
+    return backend
 
 
 class ConsoleProgress(TrainerCallback):
