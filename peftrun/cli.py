@@ -22,25 +22,81 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the repositor
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    """One run, or one job of a sweep.
+
+    Exit codes of a single run: 0 done; 2 a PeftrunError (one line); 128 + signal number (143 SIGTERM, 130 SIGINT)
+    when training stopped on a signal after saving a checkpoint; any other exception keeps its traceback. In a
+    sweep (-m) a failing job is logged with its number and recorded as failed, and the next job runs; a signal
+    still ends the sweep (rerun it: complete jobs are skipped, the interrupted one resumes).
+    """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
     from rich.console import Console
 
+    from peftrun.experiment import Interrupted, is_main_process
+
     hydra_cfg = HydraConfig.get()
-    console = Console(stderr=False)
+    console = Console(stderr=False, quiet=not is_main_process())  # under torchrun rank 0 speaks for all
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    run_dir = hydra_cfg.runtime.output_dir
+    overrides = list(hydra_cfg.overrides.task)
     _quiet_libraries()
     try:
+        _check_distributed_run_dir(hydra_cfg, multirun)
         from peftrun.experiment import run_experiment
 
-        record = run_experiment(cfg, hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task), console)
+        record = run_experiment(cfg, run_dir, overrides, console)
+    except Interrupted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        sys.exit(128 + err.signum)
     except PeftrunError as err:
         if multirun:  # one failing job must not end the sweep; its record says "failed"
             log.error("job %s failed: %s", hydra_cfg.job.num, err)
+            _record_failure(cfg, run_dir, overrides, err)
             return None
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Exception as err:
+        if multirun:
+            log.exception("job %s failed: %s: %s", hydra_cfg.job.num, type(err).__name__, err)
+            _record_failure(cfg, run_dir, overrides, err)
+            return None
+        raise
     return _objective(record)
+
+
+def _check_distributed_run_dir(hydra_cfg, multirun: bool) -> None:
+    """Under torchrun every rank composes its own config: a timestamped run dir could differ between ranks."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    pinned = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    if not any(o.split("=", 1)[0].lstrip("+~") == pinned for o in hydra_cfg.overrides.hydra):
+        raise PeftrunError(f"under torchrun pass {pinned}=DIR so that every rank writes into one run directory "
+                           "(scripts/slurm/multi_gpu.sh does)")
+
+
+def _record_failure(cfg: DictConfig, run_dir: str, overrides: list[str], err: Exception) -> None:
+    """A sweep job that failed before run_experiment wrote its record (e.g. a bad task name) still gets one."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from peftrun.experiment import is_main_process
+    from peftrun.records import base_record, read_record, write_record
+
+    error = f"{type(err).__name__}: {err}"
+    previous = read_record(run_dir)
+    if not is_main_process() or (previous is not None and previous.get("error") == error):
+        return  # run_experiment already recorded this failure
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:  # the error may be in an interpolation: keep the config as written
+        config = OmegaConf.to_container(cfg, resolve=False)
+    record = base_record(run_dir, config, overrides, cfg.trainer.seed)
+    record["status"] = "failed"
+    record["error"] = error
+    write_record(run_dir, record)
 
 
 def _objective(record: dict) -> float | None:

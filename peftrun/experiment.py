@@ -7,6 +7,7 @@ first, so bad input fails in a second with one line, before any expensive work.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,10 @@ from peftrun.records import base_record, read_record, write_predictions, write_r
 class Interrupted(Exception):
     """Training stopped on SIGTERM/SIGINT after saving a checkpoint; rerunning the command resumes."""
 
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+
 
 def is_main_process() -> bool:
     """Rank 0 under torchrun (or a single process): the only one that writes records and evaluates."""
@@ -31,30 +36,37 @@ def is_main_process() -> bool:
 def run_experiment(cfg: DictConfig, run_dir: str | Path, overrides: list[str], console: Console) -> dict[str, Any]:
     """Run one experiment described by `cfg` in `run_dir`; returns the run record (also on disk)."""
     from peftrun.backbones import anatomy_for, load_backbone
-    from peftrun.methods import apply_method, validate_method
+    from peftrun.formulation import resolve_formulation
+    from peftrun.lengths import check_input_lengths
     from peftrun.tasks.base import build_task
 
     run_dir = Path(run_dir)
     started = time.perf_counter()
     anatomy = anatomy_for(cfg.backbone.family)
-    validate_method(cfg.method, anatomy)
     task = build_task(cfg.task, cfg.paths.data_dir)
-    if anatomy.kind == "encoder":
-        raise PeftrunError(
-            f"task {cfg.task.name!r} generates text but backbone {cfg.backbone.name!r} is an encoder ({anatomy.family}); "
-            "use a decoder or encoder-decoder backbone (e.g. backbone=tiny-gpt2, backbone=tiny-bart)"
-        )
+    formulation = resolve_formulation(task, cfg.backbone, anatomy.kind)  # "text" or the task's head
+    lengths_checked = check_input_lengths(cfg, anatomy.kind, formulation)  # config.json only, no weights
+    from peftrun.methods import apply_method, validate_method  # imports transformers: after the cheap checks
+
+    validate_method(cfg.method, anatomy)
     config = OmegaConf.to_container(cfg, resolve=True)
     previous = read_record(run_dir)
-    if previous is not None and previous.get("status") == "complete" and previous.get("config") == config:
+    changed = _changed_keys(previous.get("config") or {}, config) if previous is not None else []
+    if previous is not None and not changed and previous.get("status") == "complete":
         console.print(f"[green]{run_dir}: already complete with this config; skipping (delete results.json to rerun)")
         return previous
+    if changed and (run_dir / "checkpoints").is_dir():
+        raise PeftrunError(
+            f"{run_dir} holds checkpoints of a run with a different config ({', '.join(changed[:5])}); "
+            f"choose another hydra.run.dir, or delete {run_dir / 'checkpoints'} to start over"
+        )
     record = base_record(run_dir, config, overrides, cfg.trainer.seed)
     record["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     save = write_record if is_main_process() else (lambda *_: None)
     save(run_dir, record)
     try:
-        _run(cfg, run_dir, task, anatomy, record, console, started, load_backbone, apply_method, save)
+        _run(cfg, run_dir, task, formulation, lengths_checked, record, console, started, load_backbone, apply_method,
+             save)
     except Interrupted as err:
         record["status"] = "interrupted"
         record["error"] = str(err)
@@ -68,11 +80,29 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, overrides: list[str], c
     return record
 
 
-def _run(cfg, run_dir, task, anatomy, record, console, started, load_backbone, apply_method, save) -> None:
+def _changed_keys(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted config keys whose values differ (trainer.resume ignored: resuming is the same run)."""
+    changed = []
+    for key in sorted(set(before) | set(after)):
+        name = f"{prefix}{key}"
+        old, new = before.get(key), after.get(key)
+        if name == "trainer.resume":
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += _changed_keys(old, new, name + ".")
+        elif old != new:
+            changed.append(name)
+    return changed
+
+
+def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, started, load_backbone, apply_method,
+         save) -> None:
     import torch
     from transformers import set_seed
 
     from peftrun.console import parameter_table, results_table
+    from peftrun.formulation import backbone_head, num_outputs
+    from peftrun.lengths import check_input_lengths
 
     set_seed(cfg.trainer.seed)
     train_examples = task.load(cfg.task.train_split, grouped=False) if _training(cfg) else []
@@ -83,8 +113,13 @@ def _run(cfg, run_dir, task, anatomy, record, console, started, load_backbone, a
         eval_sets = {split: rows[: cfg.task.max_eval_examples] for split, rows in eval_sets.items()}
 
     dry_meta = cfg.trainer.dry_run and cfg.backbone.init == "random"
-    backbone = load_backbone(cfg.backbone, cfg.paths, head="lm", meta=dry_meta)
-    method = apply_method(backbone.model, backbone.anatomy, cfg.method)
+    backbone = load_backbone(cfg.backbone, cfg.paths, head=backbone_head(formulation),
+                             num_labels=num_outputs(task, formulation), meta=dry_meta)
+    if not lengths_checked:  # a hub id whose config.json was not cached: check on the loaded config
+        check_input_lengths(cfg, backbone.kind, formulation, backbone.model.config.to_dict())
+    # a head formulation's head is new: it trains (and is saved) with every method
+    method = apply_method(backbone.model, backbone.anatomy, cfg.method, tokenizer=backbone.tokenizer,
+                          train_head=formulation != "text")
     record["backbone"] = backbone.description
     record["params"] = method.param_report()
     console.print(parameter_table(record["params"], title=f"{cfg.backbone.name} + {cfg.method.name}"))
@@ -97,7 +132,7 @@ def _run(cfg, run_dir, task, anatomy, record, console, started, load_backbone, a
     record["timings"]["setup_s"] = round(time.perf_counter() - started, 3)
     if train_examples:
         record["train"], record["timings"]["train_s"], record["timings"]["train_tokens_per_s"] = _train(
-            cfg, run_dir, backbone, anatomy, train_examples, record, console
+            cfg, run_dir, backbone, formulation, train_examples, record, console
         )
     if not is_main_process():
         return  # rank 0 saves the adapter and evaluates every example; the others are done
@@ -108,7 +143,10 @@ def _run(cfg, run_dir, task, anatomy, record, console, started, load_backbone, a
     predictions: list[dict[str, Any]] = []
     n_eval = 0
     for split, examples in eval_sets.items():
-        texts = _generate(cfg, backbone, anatomy, examples, split, record, console)
+        if formulation == "text":
+            texts = _generate(cfg, backbone, examples, split, record, console)
+        else:
+            texts = _classify(cfg, backbone, task, formulation, examples, split, record, console)
         record["metrics"][split] = task.score(texts, examples)
         n_eval += len(examples)
         predictions += [
@@ -135,22 +173,27 @@ def _evaluating(cfg) -> bool:
     return cfg.trainer.do_eval and not cfg.trainer.dry_run
 
 
-def _train(cfg, run_dir, backbone, anatomy, examples, record, console):
+def _train(cfg, run_dir, backbone, formulation, examples, record, console):
     from transformers.trainer_callback import PrinterCallback
 
-    from peftrun.data import PaddingCollator, TokenizedDataset, tokenize_examples
-    from peftrun.train import ConsoleProgress, PeftrunTrainer, StopOnSignal, last_checkpoint, training_arguments
-
-    tok = tokenize_examples(examples, backbone.tokenizer, anatomy.kind, cfg.task.max_source_length,
-                            cfg.task.max_target_length, cfg.paths.cache_dir)
-    record["data"][cfg.task.train_split] = {
-        "examples": len(tok), "truncated_sources": tok.truncated_sources, "truncated_targets": tok.truncated_targets,
-    }
-    dataset = TokenizedDataset(tok, anatomy.kind)
-    collator = PaddingCollator(
-        pad_token_id=backbone.tokenizer.pad_token_id, kind=anatomy.kind,
-        decoder_start_token_id=getattr(backbone.model.config, "decoder_start_token_id", None),
+    from peftrun.train import (
+        ConsoleProgress,
+        LogBeforeSave,
+        PeftrunTrainer,
+        StopOnSignal,
+        last_checkpoint,
+        mean_logged_loss,
+        training_arguments,
     )
+
+    if formulation == "text":
+        dataset, collator = _text_training_data(cfg, backbone, examples, record)
+        trainer_class, extra = PeftrunTrainer, {}
+    else:
+        from peftrun.heads import HeadTrainer
+
+        dataset, collator = _head_training_data(cfg, backbone, formulation, examples, record)
+        trainer_class, extra = HeadTrainer, {"head": formulation}
     progress = ConsoleProgress(str(run_dir / "train_log.jsonl"), console)
     stopper = StopOnSignal()
     checkpoints = str(run_dir / "checkpoints")
@@ -159,27 +202,61 @@ def _train(cfg, run_dir, backbone, anatomy, examples, record, console):
         raise PeftrunError(f"trainer.resume=true but {checkpoints} holds no checkpoint; drop trainer.resume")
     if resume_from is not None:
         console.print(f"[yellow]resuming from {resume_from}")
-    trainer = PeftrunTrainer(
+    trainer = trainer_class(
         model=backbone.model,
         args=training_arguments(cfg.trainer, checkpoints, True, cfg.logger, str(run_dir)),
         train_dataset=dataset,
         data_collator=collator,
-        callbacks=[progress, stopper],
-        anatomy=anatomy,
+        callbacks=[progress, stopper, LogBeforeSave()],
+        anatomy=backbone.anatomy,
         label_smoothing=cfg.trainer.label_smoothing,
         lengths=dataset.lengths,
+        **extra,
     )
-    progress.trainer = trainer
     trainer.remove_callback(PrinterCallback)  # the rich progress bar and train_log.jsonl replace its prints
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    trainer.train(resume_from_checkpoint=resume_from)
     train_s = time.perf_counter() - t0
     if stopper.received is not None:
         raise Interrupted(f"stopped by signal {stopper.received} at step {trainer.state.global_step}; "
-                          "checkpoint saved, run the same command again to resume")
+                          "checkpoint saved, run the same command again to resume", stopper.received)
+    # from the log history (restored on resume), so a resumed run reports what an uninterrupted one does
     summary = {"steps": trainer.state.global_step, "final_loss": _last_loss(trainer.state.log_history),
-               "train_loss": result.training_loss, "tokens": trainer.tokens_seen}
-    return summary, round(train_s, 3), round(trainer.tokens_seen / max(train_s, 1e-9), 1)
+               "train_loss": mean_logged_loss(trainer.state.log_history), "tokens": trainer.tokens_seen,
+               "resumed_from": resume_from}
+    tokens_per_s = (trainer.tokens_seen - progress.tokens_at_start) / max(train_s, 1e-9)  # this session's
+    return summary, round(train_s, 3), round(tokens_per_s, 1)
+
+
+def _text_training_data(cfg, backbone, examples, record):
+    """(dataset, collator) of the text formulation: source + target token ids (peftrun/data.py)."""
+    from peftrun.data import PaddingCollator, TokenizedDataset, tokenize_examples
+
+    tok = tokenize_examples(examples, backbone.tokenizer, backbone.kind, cfg.task.max_source_length,
+                            cfg.task.max_target_length, cfg.paths.cache_dir)
+    record["data"][cfg.task.train_split] = {
+        "examples": len(tok), "truncated_sources": tok.truncated_sources, "truncated_targets": tok.truncated_targets,
+    }
+    collator = PaddingCollator(
+        pad_token_id=backbone.tokenizer.pad_token_id, kind=backbone.kind,
+        decoder_start_token_id=getattr(backbone.model.config, "decoder_start_token_id", None),
+    )
+    return TokenizedDataset(tok, backbone.kind), collator
+
+
+def _head_training_data(cfg, backbone, head, examples, record):
+    """(dataset, collator) of a head formulation (peftrun/head_data.py); examples without a gold label are left
+    out (ReCoRD queries whose answer is no passage entity) and counted."""
+    from peftrun.head_data import HeadCollator, HeadDataset, encode_head_examples
+
+    data = encode_head_examples(examples, backbone.tokenizer, head, cfg.task.max_source_length, cfg.paths.cache_dir)
+    dataset = HeadDataset(data, head)
+    record["data"][cfg.task.train_split] = {"examples": len(dataset), "truncated_sources": data.truncated,
+                                            "unlabelled": len(data) - len(dataset)}
+    if not len(dataset):
+        raise PeftrunError(f"task {cfg.task.name!r}: none of the {len(data)} {cfg.task.train_split} examples has a "
+                           "gold label for the head; check task.train_split and the data")
+    return dataset, HeadCollator(backbone.tokenizer.pad_token_id, head)
 
 
 def _last_loss(history: list[dict[str, Any]]) -> float | None:
@@ -187,20 +264,41 @@ def _last_loss(history: list[dict[str, Any]]) -> float | None:
     return losses[-1] if losses else None
 
 
-def _generate(cfg, backbone, anatomy, examples, split, record, console) -> list[str]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
+def _generate(cfg, backbone, examples, split, record, console) -> list[str]:
+    """The text formulation's predictions: generated texts."""
     from peftrun.data import tokenize_examples
     from peftrun.generate import generate_texts
 
-    prompts = tokenize_examples(examples, backbone.tokenizer, anatomy.kind, cfg.task.max_source_length,
+    prompts = tokenize_examples(examples, backbone.tokenizer, backbone.kind, cfg.task.max_source_length,
                                 cfg.task.max_target_length, cfg.paths.cache_dir, with_target=False)
     record["data"][split] = {"examples": len(prompts), "truncated_sources": prompts.truncated_sources}
+    with _eval_progress(split, len(prompts), console) as advance:
+        return generate_texts(backbone.model, backbone.tokenizer, backbone.kind, prompts.input_ids,
+                              cfg.task.generation, on_batch=advance)
+
+
+def _classify(cfg, backbone, task, head, examples, split, record, console) -> list[str]:
+    """A head formulation's predictions as label strings (batches of task.generation.batch_size examples)."""
+    from peftrun.head_data import encode_head_examples
+    from peftrun.heads import label_strings, predict
+
+    data = encode_head_examples(examples, backbone.tokenizer, head, cfg.task.max_source_length, cfg.paths.cache_dir)
+    record["data"][split] = {"examples": len(data), "truncated_sources": data.truncated}
+    with _eval_progress(split, len(data), console) as advance:
+        predicted = predict(backbone.model, data, head, backbone.tokenizer.pad_token_id,
+                            cfg.task.generation.batch_size, on_batch=advance)
+    return label_strings(task, examples, predicted, head)
+
+
+@contextmanager
+def _eval_progress(split: str, total: int, console: Console):
+    """A progress bar for one eval split; yields `advance(n)`."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
     with Progress(TextColumn(f"[bold]eval {split}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console) as progress:
-        bar = progress.add_task(split, total=len(prompts))
-        return generate_texts(backbone.model, backbone.tokenizer, anatomy.kind, prompts.input_ids,
-                              cfg.task.generation, on_batch=lambda n: progress.advance(bar, n))
+        bar = progress.add_task(split, total=total)
+        yield lambda n: progress.advance(bar, n)
 
 
 def _peak_memory_mb(torch) -> float:

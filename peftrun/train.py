@@ -8,6 +8,7 @@ states of the predicting positions first, so the head computes `(N_targets, voca
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -74,6 +75,30 @@ def target_only_loss(
     return loss, int(gold.numel())
 
 
+class SeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped order that depends only on (seed, epoch, global batch), never on the global RNG.
+
+    - Megabatches are built for the *global* batch (per-device batch x grad_accum x processes). Accelerate hands
+      consecutive per-device batches to consecutive ranks, so N processes with batch b train on exactly the
+      examples of one process with batch N*b, step for step.
+    - The permutation of epoch e comes from a generator seeded with seed + e (the Trainer calls `set_epoch`),
+      so a resumed run, which skips the batches its checkpoint already consumed, sees the same order as an
+      uninterrupted one in every epoch, and every rank draws the same order.
+    """
+
+    def __init__(self, global_batch_size: int, lengths: list[int], seed: int) -> None:
+        super().__init__(global_batch_size, lengths=lengths)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return super().__iter__()
+
+
 class PeftrunTrainer(Trainer):
     """Trainer with target-only logits and a length-grouped sampler fed with precomputed lengths."""
 
@@ -84,7 +109,11 @@ class PeftrunTrainer(Trainer):
         self.anatomy = anatomy
         self.label_smoothing = label_smoothing
         self.lengths = lengths
-        self.tokens_seen = 0
+
+    @property
+    def tokens_seen(self) -> int:
+        """Non-padding input tokens trained on, over all processes and resumed sessions (kept in trainer_state)."""
+        return int(self.state.num_input_tokens_seen)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """Checkpoints hold the trainable tensors only (a LoRA checkpoint is kilobytes, not the backbone)."""
@@ -112,13 +141,16 @@ class PeftrunTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         if self.args.train_sampling_strategy != "group_by_length":
             return super()._get_train_sampler(train_dataset)
-        return LengthGroupedSampler(
-            self.args.train_batch_size * self.args.gradient_accumulation_steps, lengths=self.lengths
-        )
+        global_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+        return SeededLengthGroupedSampler(global_batch, self.lengths, self.args.data_seed)
+
+    def summed_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """(loss summed over the micro-batch's items, item count): target tokens here; subclasses with another
+        head (peftrun/heads.py) override this and keep compute_loss's normalisation."""
+        return target_only_loss(model, self.anatomy, inputs, self.label_smoothing)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss_sum, count = target_only_loss(model, self.anatomy, inputs, self.label_smoothing)
-        self.tokens_seen += int(inputs["attention_mask"].sum())
+        loss_sum, count = self.summed_loss(model, inputs)
         if num_items_in_batch is not None:
             loss = loss_sum / num_items_in_batch
             if self.args.average_tokens_across_devices:
@@ -154,6 +186,7 @@ def training_arguments(
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         logging_steps=trainer_cfg.logging_steps,
+        include_num_input_tokens_seen="non_padding",  # state.num_input_tokens_seen: all ranks, survives resume
         save_strategy="steps" if trainer_cfg.save_every > 0 else "no",
         save_steps=max(trainer_cfg.save_every, 1),
         save_total_limit=2,  # the newest for resume + one in case the newest was cut mid-write
@@ -206,7 +239,10 @@ def configure_logger(logger_cfg: Any, run_dir: str | None) -> str:
 
 
 class ConsoleProgress(TrainerCallback):
-    """A rich progress bar with loss, learning rate and ETA; appends every log to train_log.jsonl."""
+    """A rich progress bar with loss, learning rate and ETA; appends every log to train_log.jsonl.
+
+    Only the world's process zero draws and writes: under torchrun the log has one line per logging step.
+    """
 
     def __init__(self, log_path: str, console: Any) -> None:
         self.log_path = log_path
@@ -214,41 +250,58 @@ class ConsoleProgress(TrainerCallback):
         self.progress = None
         self.task = None
         self.started = 0.0
+        self.tokens_at_start = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        self.started = time.perf_counter()
+        self.tokens_at_start = state.num_input_tokens_seen  # > 0 when resuming
+        if not state.is_world_process_zero:
+            return
+        if state.global_step > 0:  # resumed: steps after the checkpoint are trained again, drop their old lines
+            _truncate_log(self.log_path, state.global_step)
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             TimeRemainingColumn(), console=self.console, transient=False,
         )
         self.progress.start()
-        self.task = self.progress.add_task("train", total=state.max_steps, info="")
-        self.started = time.perf_counter()
+        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, info="")
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.progress is not None:
             self.progress.update(self.task, completed=state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        import json
-
+        if not state.is_world_process_zero:
+            return
         logs = dict(logs or {})
-        trainer = kwargs.get("trainer")
         elapsed = time.perf_counter() - self.started
         entry = {"step": state.global_step, **logs, "elapsed_s": round(elapsed, 3)}
         with open(self.log_path, "a") as handle:
             handle.write(json.dumps(entry) + "\n")
         if self.progress is not None and "loss" in logs:
             lr = logs.get("learning_rate", float("nan"))
-            info = f"loss {logs['loss']:.4f}  lr {lr:.2e}"
-            if trainer is not None:
-                info += f"  {trainer.tokens_seen / max(elapsed, 1e-9):,.0f} tok/s"
+            tokens = state.num_input_tokens_seen - self.tokens_at_start
+            info = f"loss {logs['loss']:.4f}  lr {lr:.2e}  {tokens / max(elapsed, 1e-9):,.0f} tok/s"
             self.progress.update(self.task, info=info)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress is not None:
             self.progress.stop()
+
+
+def _truncate_log(path: str, last_step: int) -> None:
+    """Keep the train_log.jsonl lines up to `last_step` (atomic rewrite; a line cut by SIGKILL is dropped)."""
+    from peftrun.records import atomic_write_text
+
+    if not os.path.exists(path):
+        return
+    with open(path) as handle:
+        lines = handle.read().splitlines(keepends=True)
+    kept = [line for line in lines if line.endswith("\n") and json.loads(line)["step"] <= last_step]
+    if len(kept) < len(lines):
+        atomic_write_text(path, "".join(kept))
 
 
 def total_steps(n_examples: int, trainer_cfg: Any) -> int:
@@ -262,7 +315,9 @@ def total_steps(n_examples: int, trainer_cfg: Any) -> int:
 class StopOnSignal(TrainerCallback):
     """SIGTERM (Slurm preemption) or SIGINT: save a checkpoint at the end of the current step, then stop.
 
-    `received` tells the caller the run was interrupted (its record says so and the next run resumes).
+    `received` tells the caller the run was interrupted (its record says so and the next run resumes). Under
+    torchrun the ranks agree every step (all-reduce of the signal number, max): ranks that stopped at
+    different steps would deadlock in the next gradient all-reduce, and the checkpoint must be one step's.
     """
 
     def __init__(self) -> None:
@@ -277,7 +332,13 @@ class StopOnSignal(TrainerCallback):
         self.received = signum
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.received is not None:
+        received = self.received or 0
+        if args.world_size > 1 and torch.distributed.is_initialized():
+            flag = torch.tensor([received], device=args.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            received = int(flag.item())
+        if received:
+            self.received = received
             control.should_save = True
             control.should_training_stop = True
         return control
@@ -287,13 +348,53 @@ class StopOnSignal(TrainerCallback):
             signal.signal(sig, handler)
 
 
+class LogBeforeSave(TrainerCallback):
+    """Close the logging window at every checkpoint and at the last step (add after the callbacks that save).
+
+    The log history (kept in each checkpoint's trainer_state.json) then covers every step exactly once, so
+    `mean_logged_loss` gives the same training loss for a resumed run as for an uninterrupted one.
+    """
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_save or control.should_training_stop:
+            control.should_log = True
+        return control
+
+
+def mean_logged_loss(history: list[dict[str, Any]]) -> float | None:
+    """Mean training loss over all logged steps: each logged loss is the mean over the steps since the last log."""
+    total = steps = 0.0
+    previous = 0
+    for entry in history:
+        if "loss" in entry:
+            span = entry["step"] - previous
+            total += entry["loss"] * span
+            steps += span
+            previous = entry["step"]
+    return total / steps if steps else None
+
+
 def last_checkpoint(directory: str) -> str | None:
-    """The newest `checkpoint-<step>` folder holding trainable weights, or None."""
+    """The newest complete `checkpoint-<step>` folder, or None.
+
+    Complete = trainable weights present and trainer_state.json (written last by the Trainer) parses: a folder
+    cut mid-write by SIGKILL is skipped and the previous checkpoint (save_total_limit keeps two) is used.
+    """
     if not os.path.isdir(directory):
         return None
     steps = []
     for name in os.listdir(directory):
-        complete = os.path.exists(os.path.join(directory, name, "trainer_state.json"))  # written last
-        if name.startswith("checkpoint-") and name.split("-")[-1].isdigit() and complete:
+        folder = os.path.join(directory, name)
+        if name.startswith("checkpoint-") and name.split("-")[-1].isdigit() and _complete(folder):
             steps.append(int(name.split("-")[-1]))
     return os.path.join(directory, f"checkpoint-{max(steps)}") if steps else None
+
+
+def _complete(folder: str) -> bool:
+    if not os.path.exists(os.path.join(folder, TRAINABLE_WEIGHTS)):
+        return False
+    try:
+        with open(os.path.join(folder, "trainer_state.json")) as handle:
+            return "global_step" in json.load(handle)
+    except (OSError, ValueError):
+        return False

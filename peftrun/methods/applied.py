@@ -28,7 +28,7 @@ from peftrun.backbones.anatomy import Anatomy
 from peftrun.errors import PeftrunError
 from peftrun.methods.accounting import param_report
 from peftrun.methods.base import Delta
-from peftrun.methods.trainable import set_trainable, trainable_backbone_names
+from peftrun.methods.trainable import head_parameter_names, set_trainable, trainable_backbone_names
 from peftrun.methods.validate import DeltaItem, method_to_dict, validate_method
 
 DELTAS_ATTR = "peftrun_deltas"
@@ -203,8 +203,16 @@ def attach_deltas(model: nn.Module, items: list[DeltaItem], deltas: list[Delta])
     model.add_module(DELTAS_ATTR, container)
 
 
-def apply_method(model: nn.Module, anatomy: Anatomy, method_cfg: Any) -> AppliedMethod:
-    """Validate, set backbone trainability by `method_cfg.train`, build + attach the deltas (trainable)."""
+def apply_method(
+    model: nn.Module, anatomy: Anatomy, method_cfg: Any, tokenizer: Any = None, train_head: bool = False
+) -> AppliedMethod:
+    """Validate, set backbone trainability by `method_cfg.train`, build + attach the deltas (trainable).
+
+    tokenizer: the backbone's, given to deltas that tokenize text (`set_tokenizer`: prompt tuning's init=text,
+        P-tuning's anchors) before they are built.
+    train_head: also train the parameters outside the base model whatever the rule (a new task head, e.g. a
+        classifier on a pretrained encoder); they are saved with the method.
+    """
     items = validate_method(method_cfg, anatomy)
     method = method_to_dict(method_cfg)
     names = trainable_backbone_names(model, anatomy, method["train"], method["top_k"])
@@ -213,8 +221,14 @@ def apply_method(model: nn.Module, anatomy: Anatomy, method_cfg: Any) -> Applied
             f"method.train={method['train']} selects no parameter of this {anatomy.family} model "
             f"({type(model).__name__}: e.g. T5 has no biases, a tied LM head is not a separate head); pick another rule"
         )
+    if train_head:
+        names = names | head_parameter_names(model, anatomy)
     set_trainable(model, names)
     deltas = [item.cls(item.spec, anatomy) for item in items]
+    if tokenizer is not None:
+        for delta in deltas:
+            if hasattr(delta, "set_tokenizer"):
+                delta.set_tokenizer(tokenizer)
     attach_deltas(model, items, deltas)
     return AppliedMethod(model, anatomy, method, names)
 
@@ -227,8 +241,13 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
         return json.load(handle)
 
 
-def load_method(model: nn.Module, anatomy: Anatomy, directory: str | os.PathLike) -> AppliedMethod:
-    """Re-apply the saved method to a fresh base `model` and load its tensors (peftrun or peft LoRA layout)."""
+def load_method(
+    model: nn.Module, anatomy: Anatomy, directory: str | os.PathLike, tokenizer: Any = None
+) -> AppliedMethod:
+    """Re-apply the saved method to a fresh base `model` and load its tensors (peftrun or peft LoRA layout).
+
+    A head saved with the method (apply_method's train_head) is recognised from the saved tensor names;
+    `tokenizer` as in apply_method (needed by soft prompts with text)."""
     from safetensors.torch import load_file
 
     config = read_config(directory)
@@ -243,7 +262,9 @@ def load_method(model: nn.Module, anatomy: Anatomy, directory: str | os.PathLike
             f"{directory} holds a method for a {config['family']} backbone, not {anatomy.family}; "
             f"load it onto a {config['family']} backbone"
         )
-    applied = apply_method(model, anatomy, config["method"])
+    head = head_parameter_names(model, anatomy)
+    train_head = bool(head) and head <= set(config.get("backbone_tensors", []))
+    applied = apply_method(model, anatomy, config["method"], tokenizer=tokenizer, train_head=train_head)
     tensors = load_file(str(Path(directory) / WEIGHTS_NAME), device=str(next(model.parameters()).device))
     applied.load_state(tensors)
     return applied

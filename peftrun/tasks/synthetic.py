@@ -2,8 +2,9 @@
 
 Each input is a small restaurant table: name and type always, plus one to three of food, price, customer rating,
 area, family friendly. It is linearised exactly as E2E (`name : Blue Spice | Type : pub | food : Italian`) and has
-three references, one per fixed sentence template, so a tiny model can learn it in a few hundred steps and BLEU
-rises from ~0 to well above 50 when it does. Sizes: train 700 inputs (2,100 pairs with grouped=False),
+three references, one per fixed sentence template. Measured with the random-init tiny-gpt2, method=full, lr 1e-3
+(first 30/50 validation inputs, greedy): BLEU 24.7 after 400 steps of batch 8 (the inputs not yet copied), 88.1
+after 1,500 steps of batch 16 (226 s on 2 CPU cores). Sizes: train 700 inputs (2,100 pairs with grouped=False),
 validation 100, test 100; the three splits have disjoint inputs. The data never depend on trainer.seed.
 """
 
