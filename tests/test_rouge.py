@@ -121,7 +121,7 @@ def test_local_csv_and_source_target_pairs(tmp_path: Path) -> None:
 
 def test_hub_fails_fast_offline(monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(PeftrunError, match="HF_HUB_OFFLINE is set; set task.data_dir"):
+    with pytest.raises(PeftrunError, match="HF_HUB_OFFLINE is set and it is not in the datasets cache; set task.data_dir"):
         task(XSum, hub_id="EdinburghNLP/xsum").load("validation", grouped=True)
 
 

@@ -156,7 +156,7 @@ def test_local_files_skip_malformed_rows_with_one_warning(tmp_path: Path, caplog
 
 def test_hub_fails_fast_offline(monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(PeftrunError, match="HF_HUB_OFFLINE is set; set task.data_dir"):
+    with pytest.raises(PeftrunError, match="HF_HUB_OFFLINE is set and it is not in the datasets cache; set task.data_dir"):
         make("rte", hub_id="aps/super_glue:rte").load("validation", grouped=True)
 
 

@@ -26,7 +26,8 @@ from typing import Any
 
 from peftrun.errors import PeftrunError
 from peftrun.tasks.base import register_task
-from peftrun.tasks.table_to_text import Group, TableToTextTask, cached_parse, hub_split
+from peftrun.tasks.loading import cached_parse, hub_split
+from peftrun.tasks.table_to_text import Group, TableToTextTask
 
 log = logging.getLogger(__name__)
 STEMS = {"train": "dart-v1.1.1-full-train", "validation": "dart-v1.1.1-full-dev", "test": "dart-v1.1.1-full-test"}

@@ -22,15 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from peftrun.tasks.base import register_task
-from peftrun.tasks.table_to_text import (
-    Group,
-    TableToTextTask,
-    cached_parse,
-    group_pairs,
-    hub_split,
-    require_file,
-    warn_skipped,
-)
+from peftrun.tasks.loading import cached_parse, hub_split, require_file, warn_skipped
+from peftrun.tasks.table_to_text import Group, TableToTextTask, group_pairs
 
 FILES = {"train": "trainset.csv", "validation": "devset.csv", "test": "testset_w_refs.csv"}
 ATTRIBUTE_NAMES = {"eatType": "Type", "priceRange": "price", "familyFriendly": "family friendly"}

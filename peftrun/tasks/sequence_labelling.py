@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 from peftrun.errors import PeftrunError
 from peftrun.metrics.classification import chunks, counts_to_prf
 from peftrun.tasks.base import BUILTIN, Example, Task, register_task
-from peftrun.tasks.table_to_text import cached_parse, hub_split, load_hub, require_dir, warn_skipped
+from peftrun.tasks.loading import cached_parse, hub_split, load_hub, require_dir, warn_skipped
 
 LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
 FILES = {"train": ("train.txt", "eng.train"), "validation": ("valid.txt", "dev.txt", "eng.testa"),

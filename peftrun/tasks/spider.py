@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from peftrun.errors import PeftrunError
 from peftrun.metrics.spider.schema import DbSchema, load_tables
 from peftrun.tasks.base import BUILTIN, Example, Task, register_task
-from peftrun.tasks.table_to_text import cached_parse, require_dir, require_file, warn_skipped
+from peftrun.tasks.loading import cached_parse, require_dir, require_file, warn_skipped
 
 FILES = {"train": ("train_spider.json", "train_others.json"), "validation": ("dev.json",), "test": ("test.json",)}
 TABLES = {"train": "tables.json", "validation": "tables.json", "test": "test_tables.json"}

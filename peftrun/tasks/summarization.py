@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 from peftrun.errors import PeftrunError
 from peftrun.tasks.base import BUILTIN, Example, Task, register_task
-from peftrun.tasks.table_to_text import cached_parse, hub_split, load_hub, require_dir, warn_skipped
+from peftrun.tasks.loading import cached_parse, hub_split, load_hub, require_dir, warn_skipped
 
 log = logging.getLogger(__name__)
 DOCUMENT_FIELDS = ("document", "article", "text", "source")

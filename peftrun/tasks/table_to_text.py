@@ -8,19 +8,15 @@ files in-process, reaches the hub, and scores with `peftrun.metrics.generation` 
 
 from __future__ import annotations
 
-import logging
-import os
 from abc import abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from peftrun.errors import PeftrunError
 from peftrun.tasks.base import Example, Task
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
+from peftrun.tasks.loading import load_hub, require_dir
 
 
 @dataclass(frozen=True)
@@ -34,24 +30,6 @@ class Group:
 
 
 METRICS = ("bleu", "chrf", "ter")
-_CACHE: dict[tuple, Any] = {}
-
-
-def cached_parse(task: str, split: str, files: Sequence[Path], parse: Callable[[], T]) -> T:
-    """parse() once per (task, split, files and their modification times) in this process. The result is shared:
-    callers must not mutate it (Groups are frozen; load() builds fresh Examples from them)."""
-    key = (task, split, tuple((str(p.resolve()), p.stat().st_mtime_ns) for p in files))
-    if key not in _CACHE:
-        _CACHE[key] = parse()
-    return _CACHE[key]
-
-
-def warn_skipped(skipped: int, total: int, where: str, what: str) -> None:
-    """One warning per parsed file set, never one per row."""
-    if skipped:
-        log.warning("skipped %d of %d malformed rows in %s (%s)", skipped, total, where, what)
-
-
 def group_pairs(pairs: Iterable[tuple[str, str, str, dict[str, Any]]]) -> list[Group]:
     """(key, source, reference, meta) rows -> one Group per distinct key, in order of first appearance."""
     order: list[str] = []
@@ -64,65 +42,6 @@ def group_pairs(pairs: Iterable[tuple[str, str, str, dict[str, Any]]]) -> list[G
             first[key] = (source, meta)
         refs[key].append(ref)
     return [Group(k, first[k][0], tuple(refs[k]), first[k][1]) for k in order]
-
-
-def require_file(path: Path, task: str, fix: str = "") -> Path:
-    """`path` itself, or a PeftrunError naming it and the fix."""
-    if not path.is_file():
-        hint = fix or f"point task.data_dir at the folder of the official {task} files"
-        raise PeftrunError(f"{task}: missing file {path}; {hint}")
-    return path
-
-
-def require_dir(data_dir: str, task: str) -> Path:
-    path = Path(data_dir).expanduser()
-    if not path.is_dir():
-        raise PeftrunError(f"{task}: task.data_dir={data_dir} is not a directory; set task.data_dir=DIR (the official files)")
-    return path
-
-
-def load_hub(task: str, hub_id: str | None, data_hint: str) -> Any:
-    """`datasets.load_dataset` of "ID" or "ID:CONFIG", failing fast with one PeftrunError line when offline.
-
-    Offline means HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set, or the hub endpoint unreachable within 3 s (checked
-    before datasets starts its own retries). Returns the DatasetDict.
-    """
-    fix = f"set task.data_dir=DIR (the official {task} files{data_hint})"
-    if not hub_id:
-        raise PeftrunError(f"{task}: task.data_dir and task.hub_id are both null; {fix}")
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}:
-            raise PeftrunError(f"{task}: cannot load hub dataset {hub_id!r}: {var} is set; {fix}")
-    _check_reachable(task, hub_id, fix)
-    from datasets import load_dataset
-
-    name, _, config = hub_id.partition(":")
-    try:
-        return load_dataset(name, config or None)
-    except Exception as err:  # datasets raises many types (connection, missing repo, script datasets ...)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PeftrunError(f"{task}: loading hub dataset {hub_id!r} failed ({first}); {fix}") from err
-
-
-def _check_reachable(task: str, hub_id: str, fix: str) -> None:
-    import socket
-    from urllib.parse import urlparse
-
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
-    try:
-        socket.create_connection((host, port), timeout=3).close()
-    except OSError as err:
-        raise PeftrunError(f"{task}: cannot load hub dataset {hub_id!r}: {host} unreachable ({err}); {fix}") from err
-
-
-def hub_split(dataset: Any, split: str, task: str, hub_id: str) -> Any:
-    """The hub split for one of ours (validation is "dev" or "val" in some hub datasets)."""
-    aliases = {"validation": ("validation", "dev", "val"), "test": ("test",), "train": ("train",)}
-    for name in aliases.get(split, (split,)):
-        if name in dataset:
-            return dataset[name]
-    raise PeftrunError(f"{task}: hub dataset {hub_id!r} has no split {split!r} (it has {', '.join(dataset)}); set task.data_dir=DIR")
 
 
 class TableToTextTask(Task):

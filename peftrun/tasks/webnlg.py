@@ -28,7 +28,8 @@ from typing import Any
 from peftrun.errors import PeftrunError
 from peftrun.tasks.base import Example, register_task
 from peftrun.tasks.dart import linearise_triples, split_mtriple
-from peftrun.tasks.table_to_text import Group, TableToTextTask, cached_parse, hub_split
+from peftrun.tasks.loading import cached_parse, hub_split
+from peftrun.tasks.table_to_text import Group, TableToTextTask
 
 log = logging.getLogger(__name__)
 
