@@ -92,6 +92,7 @@ class TrainerConfig:
     label_smoothing: float = 0.0
     max_grad_norm: float = 1.0
     scheduler: str = "linear"
+    optimizer: str = "adamw_torch"  # any transformers `optim` name: adamw_torch, adafactor (prompt tuning) ...
     seed: int = 42
     eval_every: int = 0  # steps between evaluations during training; 0 = only at the end
     save_every: int = 0  # steps between checkpoints; 0 = none

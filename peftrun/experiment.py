@@ -1,7 +1,10 @@
 """One run, top to bottom: validate -> backbone -> method -> data -> train -> evaluate -> record.
 
-Everything that can be checked without loading a model (names, keys, combinations, data files) is checked
-first, so bad input fails in a second with one line, before any expensive work.
+Everything that can be checked without loading a model (names, keys, combinations, data files, input lengths
+against the backbone's positions) is checked first, so bad input fails in a second with one line, before any
+expensive work. The formulation decided there (peftrun/formulation.py) picks the backbone head, the training
+data and loss, and the predictions: "text" generates (data.py, train.py, generate.py); a head formulation
+classifies, scores candidates or tags tokens (head_data.py, heads.py).
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, overrides: list[str], c
     if previous is not None and not changed and previous.get("status") == "complete":
         console.print(f"[green]{run_dir}: already complete with this config; skipping (delete results.json to rerun)")
         return previous
-    if changed and (run_dir / "checkpoints").is_dir():
+    if changed and any((run_dir / "checkpoints").glob("checkpoint-*")):
         raise PeftrunError(
             f"{run_dir} holds checkpoints of a run with a different config ({', '.join(changed[:5])}); "
             f"choose another hydra.run.dir, or delete {run_dir / 'checkpoints'} to start over"

@@ -3,7 +3,8 @@
 Task head -> backbone head and num_labels (peftrun/formulation.py) -> what the loss compares:
     classification  "classification", len(task.label_names): logits (B, C) from the model's sequence summary
                     (BERT / RoBERTa: the first token, [CLS], through the pooler or classification head, as
-                    P-tuning v2; GPT-2: the last real token; BART: the final EOS); cross-entropy with the gold class.
+                    P-tuning v2; with prompt tuning the first position is the first virtual token, as in peft;
+                    GPT-2: the last real token; BART: the final EOS); cross-entropy with the gold class.
     candidates      "classification", 1: one logit per (text_a, candidate) row (peftrun/head_data.py); the logits of
                     an example's C rows are a softmax over its candidates, cross-entropy with the gold one:
                     BERT's multiple-choice formulation (COPA, ReCoRD); ReCoRD's C varies, padding gets -inf.

@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.training_args import OptimizerNames
 
 from peftrun.backbones.anatomy import Anatomy, get_module
 from peftrun.data import IGNORE_INDEX
@@ -167,6 +168,10 @@ def training_arguments(
     """TrainingArguments from peftrun's TrainerConfig (one place that maps our keys to HF's)."""
     report_to = configure_logger(logger_cfg, run_dir) if logger_cfg is not None else "none"
     precision = trainer_cfg.precision
+    optimizers = {name.value for name in OptimizerNames}
+    if trainer_cfg.optimizer not in optimizers:
+        raise PeftrunError(f"trainer.optimizer={trainer_cfg.optimizer!r} is not a transformers optimizer; e.g. "
+                           f"adamw_torch, adafactor, sgd (all: {', '.join(sorted(optimizers))})")
     warmup: float | int = trainer_cfg.warmup_steps
     if trainer_cfg.warmup_ratio > 0:
         warmup = trainer_cfg.warmup_ratio  # transformers reads a float < 1 as a ratio of total steps
@@ -181,6 +186,7 @@ def training_arguments(
         weight_decay=trainer_cfg.weight_decay,
         max_grad_norm=trainer_cfg.max_grad_norm,
         lr_scheduler_type=trainer_cfg.scheduler,
+        optim=trainer_cfg.optimizer,  # adafactor: the Trainer turns relative_step and scale_parameter off
         seed=trainer_cfg.seed,
         data_seed=trainer_cfg.seed,
         bf16=precision == "bf16",

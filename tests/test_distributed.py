@@ -69,8 +69,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
         assert abs(a - b) <= 1e-5, f"step {step}: 1 process {a}, 2 processes {b}"
     assert len({round(loss, 3) for _, loss in one}) > 1  # the steps saw different batches
 
-    records = sorted(tmp_path.rglob("results.json"))
-    assert records == [single / "results.json", ddp / "results.json"]
+    assert set(tmp_path.rglob("results.json")) == {single / "results.json", ddp / "results.json"}
     record, reference = (json.loads((d / "results.json").read_text()) for d in (ddp, single))
     assert record["status"] == "complete" and record["run_dir"] == str(ddp.resolve())
     assert record["train"]["steps"] == STEPS

@@ -22,9 +22,16 @@ from peftrun.config import BackboneConfig, MethodConfig, PathsConfig, RunConfig,
 from peftrun.data import IGNORE_INDEX
 from peftrun.errors import PeftrunError
 from peftrun.formulation import resolve_formulation
-from peftrun.head_data import HeadCollator, HeadFeature, HeadFeatures, align_token_labels, encode_head_examples, \
-    word_spans
-from peftrun.heads import candidate_scores, head_loss, label_strings, predict
+from peftrun.head_data import (
+    HeadCollator,
+    HeadDataset,
+    HeadFeature,
+    HeadFeatures,
+    align_token_labels,
+    encode_head_examples,
+    word_spans,
+)
+from peftrun.heads import HeadTrainer, candidate_scores, head_loss, label_strings, predict
 from peftrun.lengths import check_input_lengths, check_lengths
 from peftrun.methods import apply_method, load_method
 from peftrun.tasks.base import Example, build_task
@@ -70,9 +77,19 @@ def builtin_task(name: str, **overrides):
 # ------------------------------------------------------------------------------------------- end to end (CLI)
 
 
-def test_rte_classification_head_trains_and_is_saved_with_the_method(tmp_path: Path) -> None:
-    proc = peftrun("backbone=tiny-bert", "method=lora", "task=rte", *MEMORISE, f"hydra.run.dir={tmp_path}")
-    record, rows = finished_run(tmp_path, proc)
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """One `peftrun -m` process, one job per head formulation: task -> (run dir, process)."""
+    root = tmp_path_factory.mktemp("heads-sweep")
+    proc = peftrun("-m", "backbone=tiny-bert", "method=lora", "task=rte,copa,conll2003", *MEMORISE,
+                   f"hydra.sweep.dir={root}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {path.name.split("_")[-1]: (path, proc) for path in root.iterdir() if path.is_dir()}
+
+
+def test_rte_classification_head_trains_and_is_saved_with_the_method(sweep) -> None:
+    run_dir, proc = sweep["rte"]
+    record, rows = finished_run(run_dir, proc)
     assert record["backbone"]["class"] == "BertForSequenceClassification"
     assert record["metrics"]["validation"] == {"accuracy": 100.0, "invalid": 0.0}  # memorised the 4 pairs
     assert [r["prediction"] for r in rows] == [r["references"][0] for r in rows]
@@ -80,23 +97,22 @@ def test_rte_classification_head_trains_and_is_saved_with_the_method(tmp_path: P
     params = record["params"]
     classifier = HIDDEN * 2 + 2  # new head: trains with LoRA (train=none), saved in the adapter
     assert params["trainable"] == params["per_delta"]["lora"]["trainable"] + classifier == params["saved"]
-    saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    saved = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     assert {k for k in saved if k.startswith("backbone.")} == {"backbone.classifier.weight", "backbone.classifier.bias"}
 
 
-def test_copa_scores_candidates(tmp_path: Path) -> None:
-    proc = peftrun("backbone=tiny-bert", "method=lora", "task=copa", *MEMORISE, f"hydra.run.dir={tmp_path}")
-    record, rows = finished_run(tmp_path, proc)
+def test_copa_scores_candidates(sweep) -> None:
+    run_dir, proc = sweep["copa"]
+    record, rows = finished_run(run_dir, proc)
     assert record["backbone"]["class"] == "BertForSequenceClassification"
     assert record["params"]["trainable"] == record["params"]["per_delta"]["lora"]["trainable"] + HIDDEN + 1  # 1 logit
     assert record["metrics"]["validation"]["accuracy"] == 100.0
     assert {r["prediction"] for r in rows} == {"choice1", "choice2"}
 
 
-def test_conll2003_token_head_with_ptuning_v2(tmp_path: Path) -> None:
-    proc = peftrun("backbone=tiny-bert", "method=ptuning_v2", "method.length=4", "task=conll2003", *MEMORISE,
-                   f"hydra.run.dir={tmp_path}")
-    record, rows = finished_run(tmp_path, proc)
+def test_conll2003_tags_every_word(sweep) -> None:
+    run_dir, proc = sweep["conll2003"]
+    record, rows = finished_run(run_dir, proc)
     assert record["backbone"]["class"] == "BertForTokenClassification"
     scores = record["metrics"]["validation"]
     assert set(scores) == {"f1", "precision", "recall"} and all(0.0 <= v <= 100.0 for v in scores.values())
@@ -261,8 +277,8 @@ def run_config(**groups) -> object:
 def test_length_check_by_layout() -> None:
     task = OmegaConf.structured(TaskConfig(max_source_length=500, max_target_length=20))
     check_lengths(task, "encoder", "classification", 512, "max_position_embeddings", "b")  # 500 fits
-    with pytest.raises(PeftrunError, match=r"= 500 \+ 20 = 520 .*set task.max_source_length=448"):
-        check_lengths(task, "decoder", "text", 512, "n_positions", "b")  # generation max_new_tokens 64 > 20
+    with pytest.raises(PeftrunError, match=r"max_new_tokens = 500 \+ 64 = 564 .*set task.max_source_length=448"):
+        check_lengths(task, "decoder", "text", 512, "n_positions", "b")  # generation's 64 new tokens > 20 target
     with pytest.raises(PeftrunError, match=r"500 \+ 100 = 600 .*set task.max_source_length=412"):
         check_lengths(task, "encoder", "classification", 512, "max_position_embeddings", "b", virtual=100)
     task.generation.max_new_tokens = 600
@@ -296,7 +312,7 @@ def test_saved_head_and_lora_reload_onto_a_fresh_backbone(tmp_path: Path) -> Non
     assert {n for n, p in backbone.model.named_parameters() if p.requires_grad and "lora" not in n} == {
         "classifier.weight", "classifier.bias"}
     with torch.no_grad():
-        for name, param in backbone.model.named_parameters():
+        for param in backbone.model.parameters():
             if param.requires_grad:
                 param.add_(torch.randn_like(param))  # move LoRA B and the classifier away from their init
     ids = torch.tensor([[2, 40, 50, 60, 3]])
@@ -305,3 +321,33 @@ def test_saved_head_and_lora_reload_onto_a_fresh_backbone(tmp_path: Path) -> Non
     fresh = tiny_bert("classification", 3)
     load_method(fresh.model, fresh.anatomy, tmp_path)
     torch.testing.assert_close(fresh.model(input_ids=ids).logits, expected)
+
+
+def test_ptuning_v2_token_head_trains_in_process(tmp_path: Path) -> None:
+    """P-tuning v2 (deep prompts, no reparameterisation) + the token head memorise the built-in CoNLL sentences."""
+    from peftrun.config import TrainerConfig
+    from peftrun.train import training_arguments
+
+    task = builtin_task("conll2003")
+    backbone = tiny_bert("token", len(LABELS))
+    method = OmegaConf.merge(OmegaConf.structured(RunConfig), {"method": OmegaConf.load(ROOT / "conf" / "method" /
+                                                                                       "ptuning_v2.yaml")}).method
+    method.length = 4
+    applied = apply_method(backbone.model, backbone.anatomy, method, tokenizer=backbone.tokenizer, train_head=True)
+    before = {n: p.detach().clone() for n, p in backbone.model.named_parameters()}
+    examples = task.load("validation", grouped=True)
+    data = encode_head_examples(examples, backbone.tokenizer, "token", 64)
+    dataset = HeadDataset(data, "token")
+    args = training_arguments(OmegaConf.structured(TrainerConfig(lr=1e-2, max_steps=40, batch_size=4)),
+                              str(tmp_path), True)
+    trainer = HeadTrainer(model=backbone.model, args=args, train_dataset=dataset,
+                          data_collator=HeadCollator(backbone.tokenizer.pad_token_id, "token"),
+                          anatomy=backbone.anatomy, label_smoothing=0.0, lengths=dataset.lengths, head="token")
+    trainer.train()
+    moved = {n for n, p in backbone.model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == {n for n, p in backbone.model.named_parameters() if p.requires_grad}
+    assert any("classifier" in n for n in moved) and any("prefix" in n for n in moved)
+    assert applied.param_report()["trainable"] == sum(p.numel() for n, p in backbone.model.named_parameters()
+                                                      if n in moved)
+    predicted = predict(backbone.model, data, "token", backbone.tokenizer.pad_token_id, batch_size=3)
+    assert task.score(label_strings(task, examples, predicted, "token"), examples)["f1"] == 100.0

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:  # annotations only: importing the anatomy (config validation) does not import torch
+    from torch import nn
 
 ATTENTION_ROLES = ("q", "k", "v", "o")
 FFN_ROLES = ("ffn_in", "ffn_out")

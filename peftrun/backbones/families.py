@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from peftrun.backbones.anatomy import Anatomy, AttentionRoles, StackRoles, get_module
 from peftrun.errors import PeftrunError
+
+if TYPE_CHECKING:  # annotations only: importing the families (config validation) does not import torch
+    from torch import nn
 
 LM_KIND = {"decoder": "causal_lm", "encoder-decoder": "seq2seq_lm", "encoder": "masked_lm"}
 HEADS = ("lm", "classification", "token", "base")  # `load_backbone(head=...)`; "base" = AutoModel, no head
