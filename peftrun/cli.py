@@ -47,7 +47,8 @@ def main(cfg: DictConfig) -> float | None:
 
         record = run_experiment(cfg, run_dir, overrides, console)
     except Interrupted as err:
-        print(f"interrupted: {err}", file=sys.stderr)
+        if is_main_process():
+            print(f"interrupted: {err}", file=sys.stderr)
         sys.exit(128 + err.signum)
     except PeftrunError as err:
         if multirun:  # one failing job must not end the sweep; its record says "failed"

@@ -83,13 +83,16 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, overrides: list[str], c
     return record
 
 
+SAME_RUN_KEYS = ("trainer.resume", "paths", "logger")  # where files live and how progress is shown: same run
+
+
 def _changed_keys(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted config keys whose values differ (trainer.resume ignored: resuming is the same run)."""
+    """Dotted config keys whose values differ, except SAME_RUN_KEYS (a resumed job may run on another node)."""
     changed = []
     for key in sorted(set(before) | set(after)):
         name = f"{prefix}{key}"
         old, new = before.get(key), after.get(key)
-        if name == "trainer.resume":
+        if name in SAME_RUN_KEYS:
             continue
         if isinstance(old, dict) and isinstance(new, dict):
             changed += _changed_keys(old, new, name + ".")

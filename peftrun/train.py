@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.data import Sampler
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.training_args import OptimizerNames
@@ -82,9 +83,9 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
     - Megabatches are built for the *global* batch (per-device batch x grad_accum x processes). Accelerate hands
       consecutive per-device batches to consecutive ranks, so N processes with batch b train on exactly the
       examples of one process with batch N*b, step for step.
-    - The permutation of epoch e comes from a generator seeded with seed + e (the Trainer calls `set_epoch`),
-      so a resumed run, which skips the batches its checkpoint already consumed, sees the same order as an
-      uninterrupted one in every epoch, and every rank draws the same order.
+    - The permutation of epoch e comes from a generator seeded with seed + e (`set_epoch`, called from the
+      trainer state by `SamplerEpoch`), so a resumed run, which skips the batches its checkpoint already
+      consumed, sees the same order as an uninterrupted one in every epoch, and every rank draws the same order.
     """
 
     def __init__(self, global_batch_size: int, lengths: list[int], seed: int) -> None:
@@ -98,6 +99,43 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
     def __iter__(self):
         self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
         return super().__iter__()
+
+
+class SeededRandomSampler(Sampler):
+    """A uniform permutation per epoch from a generator seeded with seed + epoch (see SeededLengthGroupedSampler).
+
+    Used instead of RandomSampler, which accelerate swaps for its own seedable sampler whose epoch a resumed
+    DDP run never sets (accelerate's skip-batches wrapper hides it from `set_epoch`).
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
+class SamplerEpoch(TrainerCallback):
+    """Tell the training sampler its epoch from the trainer state at every epoch start.
+
+    The Trainer's own `set_epoch` goes through accelerate's dataloader wrappers, and after a resume under DDP
+    (batches skipped) it does not reach the sampler; the state's epoch (restored from the checkpoint) always is.
+    """
+
+    def __init__(self, sampler: Any) -> None:
+        self.sampler = sampler
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.sampler.set_epoch(math.floor(state.epoch or 0))
 
 
 class PeftrunTrainer(Trainer):
@@ -140,10 +178,18 @@ class PeftrunTrainer(Trainer):
                 params[name].copy_(tensor)
 
     def _get_train_sampler(self, train_dataset=None):
-        if self.args.train_sampling_strategy != "group_by_length":
+        """The epoch's order is a function of (seed, epoch): resumable anywhere, the same on every rank."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length":
+            global_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+            sampler = SeededLengthGroupedSampler(global_batch, self.lengths, self.args.data_seed)
+        elif self.args.train_sampling_strategy == "random":
+            sampler = SeededRandomSampler(len(dataset), self.args.data_seed)
+        else:
             return super()._get_train_sampler(train_dataset)
-        global_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
-        return SeededLengthGroupedSampler(global_batch, self.lengths, self.args.data_seed)
+        self.remove_callback(SamplerEpoch)
+        self.add_callback(SamplerEpoch(sampler))
+        return sampler
 
     def summed_loss(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
         """(loss summed over the micro-batch's items, item count): target tokens here; subclasses with another

@@ -187,7 +187,7 @@ def test_length_grouped_order_depends_only_on_seed_epoch_and_global_batch() -> N
     assert spread < 8
 
 
-def test_checkpoints_of_another_config_are_refused(tmp_path: Path) -> None:
+def test_checkpoints_of_another_config_are_refused_but_paths_and_logger_may_change(tmp_path: Path) -> None:
     from hydra import compose, initialize_config_dir
     from rich.console import Console
 
@@ -196,10 +196,15 @@ def test_checkpoints_of_another_config_are_refused(tmp_path: Path) -> None:
     from peftrun.experiment import run_experiment
     from peftrun.records import write_record
 
+    common = ["trainer.dry_run=true", "trainer.lr=1e-3"]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=["trainer.lr=1e-3"])
-        old = compose(config_name="config", overrides=["trainer.lr=2e-3"])
-    write_record(tmp_path, {"status": "interrupted", "config": OmegaConf.to_container(old, resolve=True)})
+        cfg = compose(config_name="config", overrides=[*common, "logger=none"])
+        other_lr = compose(config_name="config", overrides=["trainer.dry_run=true", "trainer.lr=2e-3"])
+        other_node = compose(config_name="config", overrides=[*common, f"paths.cache_dir={tmp_path}/elsewhere",
+                                                              "trainer.resume=true"])
     (tmp_path / "checkpoints" / "checkpoint-5").mkdir(parents=True)
+    write_record(tmp_path, {"status": "interrupted", "config": OmegaConf.to_container(other_lr, resolve=True)})
     with pytest.raises(PeftrunError, match=r"different config \(trainer\.lr\)"):
         run_experiment(cfg, tmp_path, [], Console(quiet=True))
+    write_record(tmp_path, {"status": "interrupted", "config": OmegaConf.to_container(other_node, resolve=True)})
+    assert run_experiment(cfg, tmp_path, [], Console(quiet=True))["status"] == "dry_run"  # the same run
