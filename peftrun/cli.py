@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from peftrun.config import register_configs
+from peftrun.config import CONF_DIR, register_configs
 from peftrun.errors import PeftrunError
 
 register_configs()
 log = logging.getLogger("peftrun")
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")  # the repository's conf/ (editable install)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

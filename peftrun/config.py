@@ -9,7 +9,12 @@ delta item is validated by its delta family's own spec dataclass (see peftrun.me
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+# The repository's conf/ (the Makefile installs peftrun editable). Hydra takes it by absolute path: a relative
+# config_path would be read as a Python package under an installed console script.
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 @dataclass

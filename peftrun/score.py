@@ -29,7 +29,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from peftrun.config import register_configs
+from peftrun.config import CONF_DIR, register_configs
 from peftrun.errors import PeftrunError
 
 register_configs()
@@ -168,7 +168,7 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="score")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="score")
 def main(cfg: DictConfig) -> None:
     from rich.console import Console
     from rich.table import Table

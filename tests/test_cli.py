@@ -16,9 +16,15 @@ FAST = ["trainer.max_steps=6", "trainer.batch_size=4", "task.max_eval_examples=6
         "task.generation.num_beams=1"]
 
 
+def entry_point(name: str) -> list[str]:
+    """The installed console script (what users type), else `python -m` of its module."""
+    script = Path(sys.executable).parent / name
+    return [str(script)] if script.exists() else [sys.executable, "-m", name.replace("-", ".")]
+
+
 def peftrun(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "peftrun", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([*entry_point("peftrun"), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 

@@ -20,9 +20,15 @@ from peftrun.tasks import build_task
 from tests.conftest import ROOT, require_data
 
 
+def entry_point(name: str) -> list[str]:
+    """The installed console script (what users type), else `python -m` of its module."""
+    script = Path(sys.executable).parent / name
+    return [str(script)] if script.exists() else [sys.executable, "-m", name.replace("-", ".")]
+
+
 def peftrun_score(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "peftrun.score", *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([*entry_point("peftrun-score"), *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 
 
