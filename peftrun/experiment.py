@@ -145,6 +145,9 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
     method.save(run_dir / "adapter")
     save(run_dir, record)
 
+    if method.mergeable and eval_sets:  # saved unmerged above; evaluate with zero added latency (LoRA's claim)
+        method.merge()
+        record["eval_merged"] = True
     eval_started = time.perf_counter()
     predictions: list[dict[str, Any]] = []
     n_eval = 0

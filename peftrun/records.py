@@ -5,7 +5,9 @@ results.json schema (version 1):
   saved, the same command resumes), error (on failure or interruption),
   run_name, run_dir, command (argv), overrides, config (the composed config, resolved),
   metrics {split: {metric: value}}, params {total, backbone, trainable, saved, trainable_pct, saved_pct,
-  per_delta}, data {split: {examples, truncated_sources, truncated_targets}}, timings {setup_s, train_s,
+  per_delta}, data {split: {examples, truncated_sources, truncated_targets, unlabelled (head runs: ReCoRD
+  queries without a gold candidate, skipped in training)}}, backbone (source, init, revision, counts),
+  eval_merged (LoRA folded into the weights for evaluation), timings {setup_s, train_s,
   eval_s, train_tokens_per_s, eval_examples_per_s}, train {steps, final_loss, train_loss (mean over all steps),
   tokens, resumed_from (checkpoint or null)}, peak_memory_mb, seed,
   versions {python, torch, transformers, peftrun, ...}, git {commit, dirty}, host, started, finished.

@@ -101,7 +101,7 @@ def run_peftrun(name, train, evals, args, out_dir):
     anatomy = anatomy_for("gpt2")
     method = OmegaConf.structured(MethodConfig(name="lora", deltas=[
         {"kind": "lora", "rank": 4, "alpha": 32, "dropout": 0.0, "targets": ["qkv"]}]))
-    apply_method(backbone.model, anatomy, method)
+    applied = apply_method(backbone.model, anatomy, method)
     tcfg = OmegaConf.structured(TrainerConfig(lr=2e-4, max_steps=args.steps, batch_size=args.batch, seed=0,
                                               logging_steps=10))
     tok = tokenize_examples(train, backbone.tokenizer, "decoder", 512, 512, None)
@@ -113,6 +113,7 @@ def run_peftrun(name, train, evals, args, out_dir):
     t0 = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - t0
+    applied.merge()  # as the runner does before evaluation: merged LoRA adds no latency
     prompts = tokenize_examples(evals, backbone.tokenizer, "decoder", 512, 512, None, with_target=False)
     gen = OmegaConf.structured(GenerationConfig(num_beams=args.beams, max_new_tokens=args.new_tokens,
                                                 batch_size=args.eval_batch))

@@ -145,8 +145,8 @@ def test_rerunning_a_complete_run_skips_it(reference: Path, tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "already complete with this config; skipping" in proc.stdout
     after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()
-             if ".hydra" not in p.parts and p.name != "cli.log"}  # Hydra rewrites these on every invocation
-    assert after == {k: v for k, v in before.items() if ".hydra" not in k.parts and k.name != "cli.log"}
+             if ".hydra" not in p.parts and p.name != "peftrun.log"}  # Hydra rewrites these on every invocation
+    assert after == {k: v for k, v in before.items() if ".hydra" not in k.parts and k.name != "peftrun.log"}
 
 
 # ---- in-process: checkpoint selection, sampler order, a changed config -----------------------------------------

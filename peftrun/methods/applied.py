@@ -144,6 +144,11 @@ class AppliedMethod:
 
     # --- merge / export -------------------------------------------------------------------------------------
 
+    @property
+    def mergeable(self) -> bool:
+        """Every delta can be folded into the weights (LoRA): evaluation then runs at the base model's cost."""
+        return bool(self.deltas) and all(d.mergeable for d in self.deltas.values())
+
     def _mergeable(self) -> list[Delta]:
         others = [name for name, d in self.deltas.items() if not d.mergeable]
         if others:
