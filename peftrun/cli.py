@@ -110,6 +110,10 @@ def _quiet_libraries() -> None:
     import os
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # transformers 5 keeps its own handler: its level comes from this variable, read at import (not yet done here).
+    # Among what it hides: a false "pass an attention_mask" alarm when a padding-free batch ends in GPT-2's
+    # EOS separator (pad = eos) and generate() drops the all-ones mask.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     for name in ("transformers", "datasets", "accelerate"):
         logging.getLogger(name).setLevel(logging.ERROR)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.console import Group
 from rich.table import Table
 
 
@@ -21,8 +22,19 @@ def parameter_table(params: dict[str, Any], title: str) -> Table:
     return table
 
 
-def results_table(record: dict[str, Any]) -> Table:
-    table = Table(title=f"results: {record.get('run_name')}", title_justify="left")
+def results_table(record: dict[str, Any]) -> Group:
+    """The metrics per split, then one line of parameter counts and timings."""
+    params = record.get("params") or {}
+    timings = record.get("timings") or {}
+    summary = (
+        f"{record.get('run_name')}: trainable {params.get('trainable', 0):,} ({params.get('trainable_pct', 0):.4f}% of backbone), "
+        f"saved {params.get('saved', 0):,}; train {timings.get('train_s', 0)} s, eval {timings.get('eval_s', 0)} s"
+    )
+    return Group(_metrics_table(record), summary)
+
+
+def _metrics_table(record: dict[str, Any]) -> Table:
+    table = Table(title="results", title_justify="left")
     table.add_column("split")
     metrics = record.get("metrics") or {}
     names = sorted({name for values in metrics.values() for name in values})
@@ -30,12 +42,6 @@ def results_table(record: dict[str, Any]) -> Table:
         table.add_column(name, justify="right")
     for split, values in metrics.items():
         table.add_row(split, *(_fmt(values.get(name)) for name in names))
-    params = record.get("params") or {}
-    timings = record.get("timings") or {}
-    table.caption = (
-        f"trainable {params.get('trainable', 0):,} ({params.get('trainable_pct', 0):.4f}% of backbone), "
-        f"saved {params.get('saved', 0):,}; train {timings.get('train_s', 0)} s, eval {timings.get('eval_s', 0)} s"
-    )
     return table
 
 
