@@ -9,7 +9,6 @@ padding and always-visible prefix columns) and, for T5, zero bias columns.
 from __future__ import annotations
 
 import copy
-import os
 
 import pytest
 import torch
@@ -17,23 +16,14 @@ import torch.nn.functional as F
 from transformers import AttentionInterface, DynamicCache
 
 from peftrun.backbones.anatomy import get_module
-from peftrun.backbones.load import load_backbone
-from peftrun.config import BackboneConfig, PathsConfig
 from peftrun.errors import PeftrunError
 from peftrun.methods import apply_method, load_method
 from peftrun.methods.attention_hook import IMPLEMENTATION
 from peftrun.methods.prefix import Prefix, PrefixSpec
 from peftrun.train import target_only_loss
+from tests.methods_tiny import tiny
 
 P = 3
-
-
-def tiny(family: str, head: str = "lm", num_labels: int | None = None):
-    cfg = BackboneConfig(name=f"tiny-{family}", family=family, source="tiny")
-    backbone = load_backbone(cfg, PathsConfig(cache_dir=os.environ["PEFTRUN_CACHE_DIR"]), head=head,
-                             num_labels=num_labels)
-    backbone.model.eval()
-    return backbone
 
 
 def inputs(model, batch: int = 2, length: int = 7, seed: int = 0, left: bool = False):

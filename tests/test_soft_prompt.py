@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import copy
-import os
 
 import pytest
 import torch
 
-from peftrun.backbones.load import load_backbone
-from peftrun.config import BackboneConfig, GenerationConfig, PathsConfig
+from peftrun.config import GenerationConfig
 from peftrun.errors import PeftrunError
 from peftrun.generate import generate_texts
 from peftrun.methods import apply_method, load_method
 from peftrun.methods.soft_prompt import PromptTuning, PromptTuningSpec, PTuning, PTuningSpec, parse_template
 from peftrun.train import target_only_loss
+from tests.methods_tiny import tiny
 
 N = 4
-
-
-def tiny(family: str, head: str = "lm", num_labels: int | None = None):
-    cfg = BackboneConfig(name=f"tiny-{family}", family=family, source="tiny")
-    backbone = load_backbone(cfg, PathsConfig(cache_dir=os.environ["PEFTRUN_CACHE_DIR"]), head=head,
-                             num_labels=num_labels)
-    backbone.model.eval()
-    return backbone
 
 
 def inputs(model, batch: int = 2, length: int = 7, seed: int = 0, left: bool = False, separator: bool = False):
