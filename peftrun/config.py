@@ -62,6 +62,9 @@ class GenerationConfig:
     length_penalty: float = 1.0
     no_repeat_ngram_size: int = 0
     batch_size: int = 32
+    # auto: greedy search (num_beams=1) runs peftrun's lean loop, which drops finished rows and gives generate's
+    # tokens (peftrun/decode.py), wherever it applies; hf: always transformers' model.generate
+    decoder: str = "auto"
 
 
 @dataclass

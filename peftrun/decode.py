@@ -102,10 +102,10 @@ def greedy_kwargs(model: Any, settings: Mapping[str, Any]) -> dict[str, Any] | N
         if config.get(name) not in neutral:
             return None
     start = config.get("decoder_start_token_id")
-    if start is None:
-        start = getattr(model.config, "decoder_start_token_id", None)
-    if start is None:
+    if start is None:  # generate's rule; without either, generate raises its own error
         start = config.get("bos_token_id")
+    if start is None and getattr(model.config, "is_encoder_decoder", False):
+        return None
     return {
         "max_new_tokens": config["max_new_tokens"],
         "eos_token_id": config.get("eos_token_id"),
@@ -175,7 +175,7 @@ def greedy_decode(
     eos_token_id: int | list[int] | None,
     pad_token_id: int | None,
     decoder_start_token_id: int | None = None,
-    min_new_tokens: int | None = 0,
+    min_new_tokens: int | None = None,
     *,
     min_length: int | None = None,
     suppress_tokens: list[int] | None = None,
@@ -186,7 +186,8 @@ def greedy_decode(
 
     input_ids, attention_mask: (B, L); decoder-only prompts left-padded (peftrun.data.pad_left), encoder inputs
     right-padded. pad_token_id is accepted for parity with generate's arguments: finished rows leave the batch,
-    so nothing is ever padded. The other arguments are generate's (see the module docstring for the rules).
+    so nothing is ever padded. The other arguments mean what they mean to generate (rules: module docstring);
+    as there, min_new_tokens, when not None, replaces min_length.
     """
     from transformers import DynamicCache, EncoderDecoderCache
     from transformers.modeling_outputs import BaseModelOutput

@@ -3,6 +3,12 @@
 Prompts are sorted by length (longest first, so the first batch shows peak memory at once) and batched,
 so padding per batch is minimal; decoder-only prompts are left-padded so every row's next token sits at
 the same position. Outputs come back in the original order.
+
+Greedy search runs in peftrun.decode's lean loop (finished rows leave the batch) when it gives the same
+tokens as `model.generate`: task.generation.decoder=auto, the effective generation config holds nothing
+that loop lacks (peftrun.decode.greedy_kwargs), and no input-side delta (prompt tuning, P-tuning) is attached
+(those hook the model's forward and follow how generate calls it). Everything else, and decoder=hf, uses
+`model.generate`.
 """
 
 from __future__ import annotations
@@ -13,6 +19,10 @@ from typing import Any
 import torch
 
 from peftrun.data import pad_left, pad_right
+from peftrun.decode import greedy_decode, greedy_kwargs
+from peftrun.errors import PeftrunError
+
+DECODERS = ("auto", "hf")
 
 
 def generate_texts(
@@ -40,7 +50,8 @@ def generate_ids(
 ) -> list[list[int]]:
     """Generated token ids per prompt (prompt and trailing padding removed), in input order.
 
-    generate_kwargs go to `model.generate` on top of gen_cfg (e.g. min_new_tokens, use_cache)."""
+    generate_kwargs go to `model.generate` on top of gen_cfg (e.g. min_new_tokens, use_cache); the lean greedy
+    loop takes them too when it implements them (see the module docstring)."""
     model.eval()
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     outputs: list[list[int]] = [[] for _ in prompts]
@@ -57,6 +68,7 @@ def generate_ids(
         "eos_token_id": tokenizer.eos_token_id,
         **generate_kwargs,
     }
+    lean = _lean_kwargs(model, gen_cfg, settings)
     for start in range(0, len(order), gen_cfg.batch_size):
         chunk = order[start : start + gen_cfg.batch_size]
         rows = [prompts[i] for i in chunk]
@@ -64,14 +76,38 @@ def generate_ids(
             ids, mask = pad_left(rows, pad_id)
         else:
             ids, mask = pad_right(rows, pad_id)
-        generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **settings)
-        # decoder-only: drop the prompt; encoder-decoder: drop the decoder start token (BART's is EOS)
-        generated = generated[:, ids.shape[1] :] if kind == "decoder" else generated[:, 1:]
-        for index, row in zip(chunk, generated.tolist(), strict=True):
+        if lean is not None:
+            generated = greedy_decode(model, kind, ids.to(device), mask.to(device), **lean)
+        else:
+            tensor = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **settings)
+            # decoder-only: drop the prompt; encoder-decoder: drop the decoder start token (BART's is EOS)
+            generated = (tensor[:, ids.shape[1] :] if kind == "decoder" else tensor[:, 1:]).tolist()
+        for index, row in zip(chunk, generated, strict=True):
             outputs[index] = _strip_padding(row, pad_id, tokenizer.eos_token_id)
         if on_batch is not None:
             on_batch(len(chunk))
     return outputs
+
+
+def _lean_kwargs(model: Any, gen_cfg: Any, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """peftrun.decode.greedy_decode's arguments when the lean loop applies, else None (use model.generate)."""
+    if gen_cfg.decoder not in DECODERS:
+        raise PeftrunError(
+            f"task.generation.decoder={gen_cfg.decoder!r}; allowed: {', '.join(DECODERS)} "
+            "(auto: the lean greedy loop where it gives generate's tokens; hf: always model.generate)"
+        )
+    if gen_cfg.decoder == "hf" or _has_input_side_delta(model):
+        return None
+    return greedy_kwargs(model, settings)
+
+
+def _has_input_side_delta(model: Any) -> bool:
+    """True if a soft prompt (prompt tuning, P-tuning) is attached: it rewrites the forward's inputs."""
+    from peftrun.methods.applied import DELTAS_ATTR
+    from peftrun.methods.soft_prompt import SoftPrompt
+
+    deltas = getattr(model, DELTAS_ATTR, None)
+    return deltas is not None and any(isinstance(delta, SoftPrompt) for delta in deltas.values())
 
 
 def _strip_padding(row: list[int], pad_id: int, eos_id: int) -> list[int]:
