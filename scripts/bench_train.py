@@ -5,9 +5,10 @@ Same model (random-init GPT-2 from the published config, real GPT-2 tokenizer), 
 The baseline is what a careful user writes: length-grouped sampler, dynamic padding with
 DataCollatorForSeq2Seq, labels -100 on the prompt, batched left-padded generation sorted by length.
 
-    python scripts/bench_train.py [--backbone gpt2] [--steps 30] [--eval 64] [--batch 8]
+    python scripts/bench_train.py [--backbone gpt2] [--steps 30] [--eval 64] [--batch 8] [--repeats 3]
 
-Prints wall times and the ratio peftrun / baseline (goal: <= 0.7). Not a test: numbers vary by machine.
+Prints median wall times over alternating repeats and the ratio peftrun / baseline (goal: <= 0.7).
+Not a test: numbers vary by machine (on the shared 2-core VM, single runs vary by 10-20%).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -132,6 +134,7 @@ def main() -> None:
     parser.add_argument("--eval-batch", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--beams", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each; medians are reported")
     parser.add_argument("--out", default="bench_results")
     args = parser.parse_args()
     if not (DATA / "e2e").exists():
@@ -139,15 +142,21 @@ def main() -> None:
     out_dir = Path(args.out)
     train, evals = load_e2e(args.steps * args.batch, args.eval)
     torch.set_num_threads(os.cpu_count() or 1)
-    results = {}
-    for label, fn in (("baseline", run_baseline), ("peftrun", run_peftrun)):
-        results[label] = fn(args.backbone, train, evals, args, out_dir)
-        print(label, {k: round(v, 2) for k, v in results[label].items()}, flush=True)
+    runs: dict[str, list[dict[str, float]]] = {"baseline": [], "peftrun": []}
+    order = (("baseline", run_baseline), ("peftrun", run_peftrun))
+    for repeat in range(args.repeats):  # alternate which goes first: machine noise hits both alike
+        for label, fn in order if repeat % 2 == 0 else order[::-1]:
+            runs[label].append(fn(args.backbone, train, evals, args, out_dir))
+            print(label, {k: round(v, 2) for k, v in runs[label][-1].items()}, flush=True)
+    results = {label: {key: statistics.median(r[key] for r in rs) for key in ("train_s", "eval_s")}
+               for label, rs in runs.items()}
     for key in ("train_s", "eval_s"):
         results[f"ratio_{key}"] = results["peftrun"][key] / results["baseline"][key]
     total = {k: v["train_s"] + v["eval_s"] for k, v in results.items() if isinstance(v, dict)}
     results["ratio_total"] = total["peftrun"] / total["baseline"]
-    print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in results.items()}, indent=2))
+    results["runs"] = runs
+    print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in results.items() if k != "runs"},
+                     indent=2))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench_train.json").write_text(json.dumps({"args": vars(args), **results}, indent=2))
 
