@@ -298,8 +298,13 @@ GPT2 = register_family(
     shape=_gpt2_shape,
 )
 
-_BART_SELF = AttentionRoles(kind="self", module="self_attn", q="self_attn.q_proj", k="self_attn.k_proj",
-                            v="self_attn.v_proj", o="self_attn.out_proj")
+def _attention(kind: str, module: str, q: str, k: str, v: str, o: str) -> AttentionRoles:
+    """An attention whose four projections are children of `module` (BART, T5)."""
+    return AttentionRoles(kind=kind, module=module, q=f"{module}.{q}", k=f"{module}.{k}", v=f"{module}.{v}",
+                          o=f"{module}.{o}")
+
+
+_BART_SELF = _attention("self", "self_attn", "q_proj", "k_proj", "v_proj", "out_proj")
 BART = register_family(
     Anatomy(
         family="bart",
@@ -311,8 +316,7 @@ BART = register_family(
                 name="decoder", layers="model.decoder.layers", causal=True,
                 attentions=(
                     _BART_SELF,
-                    AttentionRoles(kind="cross", module="encoder_attn", q="encoder_attn.q_proj",
-                                   k="encoder_attn.k_proj", v="encoder_attn.v_proj", o="encoder_attn.out_proj"),
+                    _attention("cross", "encoder_attn", "q_proj", "k_proj", "v_proj", "out_proj"),
                 ),
                 ffn_in="fc1", ffn_out="fc2",
             ),
@@ -336,20 +340,14 @@ T5 = register_family(
         stacks=(
             StackRoles(
                 name="encoder", layers="encoder.block", causal=False,
-                attentions=(AttentionRoles(kind="self", module="layer.0.SelfAttention", q="layer.0.SelfAttention.q",
-                                           k="layer.0.SelfAttention.k", v="layer.0.SelfAttention.v",
-                                           o="layer.0.SelfAttention.o"),),
+                attentions=(_attention("self", "layer.0.SelfAttention", "q", "k", "v", "o"),),
                 ffn_in="layer.1.DenseReluDense.wi", ffn_out="layer.1.DenseReluDense.wo",
             ),
             StackRoles(
                 name="decoder", layers="decoder.block", causal=True,
                 attentions=(
-                    AttentionRoles(kind="self", module="layer.0.SelfAttention", q="layer.0.SelfAttention.q",
-                                   k="layer.0.SelfAttention.k", v="layer.0.SelfAttention.v",
-                                   o="layer.0.SelfAttention.o"),
-                    AttentionRoles(kind="cross", module="layer.1.EncDecAttention", q="layer.1.EncDecAttention.q",
-                                   k="layer.1.EncDecAttention.k", v="layer.1.EncDecAttention.v",
-                                   o="layer.1.EncDecAttention.o"),
+                    _attention("self", "layer.0.SelfAttention", "q", "k", "v", "o"),
+                    _attention("cross", "layer.1.EncDecAttention", "q", "k", "v", "o"),
                 ),
                 ffn_in="layer.2.DenseReluDense.wi", ffn_out="layer.2.DenseReluDense.wo",
             ),
