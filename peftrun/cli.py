@@ -29,12 +29,12 @@ def main(cfg: DictConfig) -> float | None:
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
-    from rich.console import Console
 
+    from peftrun.console import make_console
     from peftrun.experiment import Interrupted, is_main_process
 
     hydra_cfg = HydraConfig.get()
-    console = Console(stderr=False, quiet=not is_main_process())  # under torchrun rank 0 speaks for all
+    console = make_console(quiet=not is_main_process())  # under torchrun rank 0 speaks for all
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     run_dir = hydra_cfg.runtime.output_dir
     overrides = list(hydra_cfg.overrides.task)

@@ -4,8 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Group
+from rich.console import Console, Group
 from rich.table import Table
+
+LOG_WIDTH = 160  # columns when stdout is a file (Slurm logs, CI): rich's default 80 truncates wide tables
+
+
+def make_console(**kwargs: Any) -> Console:
+    """A rich Console: the terminal's width on a terminal, LOG_WIDTH columns in a log file."""
+    import os
+    import sys
+
+    width = None if sys.stdout.isatty() or "COLUMNS" in os.environ else LOG_WIDTH
+    return Console(width=width, **kwargs)
 
 
 def parameter_table(params: dict[str, Any], title: str) -> Table:

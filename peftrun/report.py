@@ -406,9 +406,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="metric for the plot (default: the first metric of each task's main eval split)")
     args = parser.parse_args(argv)
 
-    from rich.console import Console
+    from peftrun.console import make_console
 
-    console = Console()
+    console = make_console()
     try:
         written = write_report(args.dir, args.out, args.metric, console)
     except PeftrunError as err:

@@ -170,8 +170,9 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="score")
 def main(cfg: DictConfig) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from peftrun.console import make_console
 
     try:
         if OmegaConf.is_missing(cfg, "predictions"):
@@ -189,7 +190,7 @@ def main(cfg: DictConfig) -> None:
     table.add_column("value", justify="right")
     for name, value in scores.items():
         table.add_row(name, f"{value:.2f}")
-    Console().print(table)
+    make_console().print(table)
 
 
 if __name__ == "__main__":
