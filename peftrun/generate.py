@@ -4,9 +4,12 @@ Prompts are sorted by length (longest first, so the first batch shows peak memor
 so padding per batch is minimal; decoder-only prompts are left-padded so every row's next token sits at
 the same position. Outputs come back in the original order.
 
-Greedy search runs in peftrun.decode's lean loop (finished rows leave the batch) when it gives the same
-tokens as `model.generate`: task.generation.decoder=auto, the effective generation config holds nothing
-that loop lacks (peftrun.decode.greedy_kwargs), and no input-side delta (prompt tuning, P-tuning) is attached
+Greedy search runs in peftrun.decode's lean loops when they give the same tokens as `model.generate`:
+decoder-only prompts that fill more than one batch go to the continuous loop (finished rows leave, waiting
+prompts are prefilled into the freed slots: continuous_greedy_decode) unless min_length or forced_bos_token_id
+is set (both depend on the padded batch width); the rest go batch by batch to greedy_decode (finished rows
+leave the batch). Either applies when task.generation.decoder=auto, the effective generation config holds nothing
+that the loops lack (peftrun.decode.greedy_kwargs), and no input-side delta (prompt tuning, P-tuning) is attached
 (those hook the model's forward and follow how generate calls it). Everything else, and decoder=hf, uses
 `model.generate`.
 """
@@ -19,7 +22,7 @@ from typing import Any
 import torch
 
 from peftrun.data import pad_left, pad_right
-from peftrun.decode import greedy_decode, greedy_kwargs
+from peftrun.decode import continuous_greedy_decode, greedy_decode, greedy_kwargs
 from peftrun.errors import PeftrunError
 
 DECODERS = ("auto", "hf")
@@ -69,6 +72,13 @@ def generate_ids(
         **generate_kwargs,
     }
     lean = _lean_kwargs(model, gen_cfg, settings)
+    continuous = _continuous_kwargs(kind, lean, len(prompts), gen_cfg.batch_size)
+    if continuous is not None:
+        generated = continuous_greedy_decode(model, [prompts[i] for i in order], gen_cfg.batch_size,
+                                             on_done=on_batch, **continuous)
+        for index, row in zip(order, generated, strict=True):
+            outputs[index] = _strip_padding(row, pad_id, tokenizer.eos_token_id)
+        return outputs
     for start in range(0, len(order), gen_cfg.batch_size):
         chunk = order[start : start + gen_cfg.batch_size]
         rows = [prompts[i] for i in chunk]
@@ -99,6 +109,18 @@ def _lean_kwargs(model: Any, gen_cfg: Any, settings: dict[str, Any]) -> dict[str
     if gen_cfg.decoder == "hf" or _has_input_side_delta(model):
         return None
     return greedy_kwargs(model, settings)
+
+
+def _continuous_kwargs(kind: str, lean: dict[str, Any] | None, count: int, batch_size: int) -> dict[str, Any] | None:
+    """continuous_greedy_decode's arguments (beyond prompts and batch size) when it applies, else None: the lean
+    loop applies, decoder-only, more prompts than one batch, and no rule that depends on the padded batch width."""
+    if lean is None or kind != "decoder" or count <= batch_size or lean["pad_token_id"] is None:
+        return None
+    if lean["forced_bos_token_id"] is not None or (lean["min_new_tokens"] is None and lean["min_length"]):
+        return None
+    keys = ("max_new_tokens", "eos_token_id", "pad_token_id", "min_new_tokens", "suppress_tokens",
+            "forced_eos_token_id")
+    return {key: lean[key] for key in keys}
 
 
 def _has_input_side_delta(model: Any) -> bool:

@@ -1,8 +1,12 @@
-"""Benchmark: greedy evaluation decoding, transformers' model.generate vs peftrun's lean loop (peftrun/decode.py).
+"""Benchmark: greedy evaluation decoding, transformers' model.generate vs peftrun's lean loops (peftrun/decode.py).
 
-Both run through `peftrun.generate.generate_ids` (same length-sorted, left-padded batches), with
-task.generation.decoder = hf or auto, on one random-init GPT-2 (published config, real GPT-2 tokenizer)
-in one process, interleaved (hf, auto, then auto, hf, ...), so machine load hits both alike.
+All run through `peftrun.generate.generate_ids` (same length-sorted prompts), on one random-init GPT-2
+(published config, real GPT-2 tokenizer) in one process, interleaved (the order rotates each repeat), so
+machine load hits all alike:
+  hf          task.generation.decoder=hf: model.generate per left-padded batch
+  lean        the per-batch lean loop (greedy_decode: finished rows leave the batch); the continuous loop is
+              switched off for this side
+  continuous  decoder=auto: continuous_greedy_decode (finished rows leave, waiting prompts refill the batch)
 
 Two workloads:
   natural      the random model as is. It almost never emits EOS, so every row runs max_new_tokens steps:
@@ -14,7 +18,7 @@ Two workloads:
 
     python scripts/bench_generate.py [--eval 64] [--batch 16] [--new-tokens 32] [--repeats 2]
 
-Prints seconds per pass, the ratio lean / hf, and whether both gave identical tokens. Not a test: numbers vary.
+Prints seconds per pass, the ratios lean / hf and continuous / hf, and how many rows equal hf's tokens. Not a test: numbers vary.
 """
 
 from __future__ import annotations
@@ -43,12 +47,21 @@ def eos_forcing_hook(model, eos: int, every: int):
     return model.register_forward_hook(hook, with_kwargs=True)
 
 
-def timed(backbone, prompts, gen) -> tuple[float, list[list[int]]]:
-    from peftrun.generate import generate_ids
+DECODERS = ("hf", "lean", "continuous")
 
-    started = time.perf_counter()
-    ids = generate_ids(backbone.model, backbone.tokenizer, "decoder", prompts, gen)
-    return time.perf_counter() - started, ids
+
+def timed(backbone, prompts, gen, decoder: str) -> tuple[float, list[list[int]]]:
+    import peftrun.generate as module
+
+    continuous_kwargs = module._continuous_kwargs
+    if decoder == "lean":  # the per-batch loop: no continuous batching
+        module._continuous_kwargs = lambda *args: None
+    try:
+        started = time.perf_counter()
+        ids = module.generate_ids(backbone.model, backbone.tokenizer, "decoder", prompts, gen)
+        return time.perf_counter() - started, ids
+    finally:
+        module._continuous_kwargs = continuous_kwargs
 
 
 def main() -> None:
@@ -75,34 +88,34 @@ def main() -> None:
     backbone.model.eval()
     prompts = tokenize_examples(evals, backbone.tokenizer, "decoder", 512, 512, None, with_target=False).input_ids
     gens = {d: OmegaConf.structured(GenerationConfig(num_beams=1, max_new_tokens=args.new_tokens,
-                                                     batch_size=args.batch, decoder=d)) for d in ("hf", "auto")}
-    timed(backbone, prompts[: args.batch], gens["auto"])  # warm-up (allocator, kernels), not timed
+                                                     batch_size=args.batch, decoder="hf" if d == "hf" else "auto"))
+            for d in DECODERS}
+    for decoder in DECODERS[1:]:  # warm-up (allocator, kernels), not timed
+        timed(backbone, prompts[: args.batch * 2], gens[decoder], decoder)
     results = {}
     for workload in ("natural", "forced-eos"):
         handle = None
         if workload == "forced-eos":
             handle = eos_forcing_hook(backbone.model, backbone.tokenizer.eos_token_id, args.stop_every)
-        seconds: dict[str, list[float]] = {"hf": [], "auto": []}
+        seconds: dict[str, list[float]] = {d: [] for d in DECODERS}
         outputs: dict[str, list[list[int]]] = {}
         for repeat in range(args.repeats):
-            for decoder in (("hf", "auto") if repeat % 2 == 0 else ("auto", "hf")):
-                elapsed, outputs[decoder] = timed(backbone, prompts, gens[decoder])
+            for decoder in DECODERS[repeat % 3:] + DECODERS[: repeat % 3]:
+                elapsed, outputs[decoder] = timed(backbone, prompts, gens[decoder], decoder)
                 seconds[decoder].append(elapsed)
         if handle is not None:
             handle.remove()
         lengths = [len(row) for row in outputs["hf"]]
-        same = sum(a == b for a, b in zip(outputs["hf"], outputs["auto"], strict=True))
-        hf_s, lean_s = statistics.median(seconds["hf"]), statistics.median(seconds["auto"])
-        results[workload] = {
-            "hf_s": [round(s, 2) for s in seconds["hf"]],
-            "lean_s": [round(s, 2) for s in seconds["auto"]],
-            "ratio_lean_over_hf": round(lean_s / hf_s, 3),
-            "mean_new_tokens": round(sum(lengths) / len(lengths), 1),
-            "identical_rows": f"{same}/{len(lengths)}",
-        }
+        hf_s = statistics.median(seconds["hf"])
+        results[workload] = {f"{d}_s": [round(s, 2) for s in seconds[d]] for d in DECODERS}
+        for decoder in DECODERS[1:]:
+            same = sum(a == b for a, b in zip(outputs["hf"], outputs[decoder], strict=True))
+            results[workload][f"ratio_{decoder}_over_hf"] = round(statistics.median(seconds[decoder]) / hf_s, 3)
+            results[workload][f"{decoder}_identical_rows"] = f"{same}/{len(lengths)}"
+        results[workload]["mean_new_tokens"] = round(sum(lengths) / len(lengths), 1)
         print(workload, json.dumps(results[workload]), flush=True)
     print("natural: no row ends early, so this is the per-step overhead alone; forced-eos: rows end at "
-          "pseudo-random steps (a stand-in for a trained model), so dropped rows show.")
+          "pseudo-random steps (a stand-in for a trained model), so dropped (lean) and refilled (continuous) rows show.")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "bench_generate.json").write_text(json.dumps({"args": vars(args), **results}, indent=2))
