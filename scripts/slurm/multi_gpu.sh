@@ -33,15 +33,7 @@ if ! [[ "$GPUS" =~ ^[1-9][0-9]*$ ]]; then
     exit 2
 fi
 
-if [[ -n "${PEFTRUN_PYTHON:-}" ]]; then
-    PY="$PEFTRUN_PYTHON"
-elif [[ -x .venv/bin/python ]]; then
-    PY=.venv/bin/python
-else
-    PY=python
-fi
-export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-0}"   # 1 on compute nodes without internet (docs/CLUSTERS.md)
-export TOKENIZERS_PARALLELISM=false
+source scripts/slurm/common.sh   # PY, HF_HUB_OFFLINE, TOKENIZERS_PARALLELISM
 export OMP_NUM_THREADS="$(( ${SLURM_CPUS_PER_TASK:-$(( GPUS * 4 ))} / GPUS ))"   # CPU threads per rank
 
 RUN_DIR="${RUN_DIR:-outputs/ddp/${SLURM_JOB_ID:-$(date +%Y-%m-%d_%H-%M-%S)}}"

@@ -18,19 +18,7 @@ set -euo pipefail
 
 cd "${SLURM_SUBMIT_DIR:-$PWD}"   # Slurm runs a copy of this script from its spool folder; work from the repo
 
-# Interpreter: $PEFTRUN_PYTHON, else the project's .venv (make install), else `python` on PATH (module/conda).
-if [[ -n "${PEFTRUN_PYTHON:-}" ]]; then
-    PY="$PEFTRUN_PYTHON"
-elif [[ -x .venv/bin/python ]]; then
-    PY=.venv/bin/python
-else
-    PY=python
-fi
-
-# Offline compute nodes: HF_HUB_OFFLINE=1 makes transformers/datasets read only the local cache (HF_HOME),
-# filled beforehand on the login node. Default 0 = may download. Exported so every library sees one value.
-export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-0}"
-export TOKENIZERS_PARALLELISM=false
+source scripts/slurm/common.sh   # PY, HF_HUB_OFFLINE, TOKENIZERS_PARALLELISM
 export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-8}"
 
 echo "peftrun on $(hostname): job ${SLURM_JOB_ID:-local}, HF_HUB_OFFLINE=$HF_HUB_OFFLINE, overrides: $*"

@@ -47,15 +47,7 @@ if (( SLURM_ARRAY_TASK_ID >= ${#JOBS[@]} )); then
     exit 2
 fi
 
-if [[ -n "${PEFTRUN_PYTHON:-}" ]]; then
-    PY="$PEFTRUN_PYTHON"
-elif [[ -x .venv/bin/python ]]; then
-    PY=.venv/bin/python
-else
-    PY=python
-fi
-export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-0}"   # 1 on compute nodes without internet (docs/CLUSTERS.md)
-export TOKENIZERS_PARALLELISM=false
+source scripts/slurm/common.sh   # PY, HF_HUB_OFFLINE, TOKENIZERS_PARALLELISM
 export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-8}"
 
 SWEEP_DIR="${SWEEP_DIR:-multirun/sweep_${SLURM_ARRAY_JOB_ID}}"   # one folder per array; override to reuse one
