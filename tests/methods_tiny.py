@@ -55,3 +55,18 @@ def randomize_lora(applied: Any, seed: int = 1, std: float = 0.05) -> None:
             for name, p in delta.named_parameters():
                 if "lora_" in name:
                     p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+def generate_with_and_without_cache(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, beams: int) -> tuple[Any, dict[str, Any]]:
+    """Generate 6 tokens with the KV cache and without; assert equal tokens and step scores (atol 1e-4).
+
+    Returns the cached output (sequences + scores) and the generate settings, for further checks."""
+    settings = {"input_ids": ids, "attention_mask": mask, "max_new_tokens": 6, "min_new_tokens": 6,
+                "num_beams": beams, "do_sample": False, "pad_token_id": model.config.pad_token_id,
+                "return_dict_in_generate": True, "output_scores": True}
+    cached = model.generate(**settings, use_cache=True)
+    uncached = model.generate(**settings, use_cache=False)
+    assert cached.sequences.tolist() == uncached.sequences.tolist()
+    for step_cached, step_uncached in zip(cached.scores, uncached.scores, strict=True):
+        torch.testing.assert_close(step_cached, step_uncached, atol=1e-4, rtol=1e-4)
+    return cached, settings

@@ -21,7 +21,7 @@ from peftrun.methods import apply_method, load_method
 from peftrun.methods.attention_hook import IMPLEMENTATION
 from peftrun.methods.prefix import Prefix, PrefixSpec
 from peftrun.train import target_only_loss
-from tests.methods_tiny import tiny
+from tests.methods_tiny import generate_with_and_without_cache, tiny
 
 P = 3
 
@@ -195,14 +195,7 @@ def test_generation_gives_the_same_tokens_with_and_without_cache(family, composi
     ids, mask = inputs(model, batch=3, length=6, left=family == "gpt2")
     delta = prefix_delta(backbone, composition=composition)
     randomize(delta)
-    settings = {"input_ids": ids, "attention_mask": mask, "max_new_tokens": 6, "min_new_tokens": 6,
-                "num_beams": beams, "do_sample": False, "pad_token_id": model.config.pad_token_id,
-                "return_dict_in_generate": True, "output_scores": True}
-    cached = model.generate(**settings, use_cache=True)
-    uncached = model.generate(**settings, use_cache=False)
-    assert cached.sequences.tolist() == uncached.sequences.tolist()
-    for step_cached, step_uncached in zip(cached.scores, uncached.scores, strict=True):
-        torch.testing.assert_close(step_cached, step_uncached, atol=1e-4, rtol=1e-4)
+    cached, settings = generate_with_and_without_cache(model, ids, mask, beams)
     delta.detach(model)
     base = model.generate(**settings)
     finite = torch.isfinite(base.scores[0])  # min_new_tokens gives EOS -inf

@@ -13,7 +13,7 @@ from peftrun.generate import generate_texts
 from peftrun.methods import apply_method, load_method
 from peftrun.methods.soft_prompt import PromptTuning, PromptTuningSpec, PTuning, PTuningSpec, parse_template
 from peftrun.train import target_only_loss
-from tests.methods_tiny import tiny
+from tests.methods_tiny import generate_with_and_without_cache, tiny
 
 N = 4
 
@@ -176,14 +176,7 @@ def test_generation_gives_the_same_tokens_with_and_without_cache(family, kind, b
     ids, mask = inputs(model, batch=3, length=6, left=family == "gpt2", separator=family == "gpt2")
     template = {"template": "[P][P] {x} [P] {y}"} if kind == "ptuning" else {}
     attach(backbone, kind, **template)
-    settings = {"input_ids": ids, "attention_mask": mask, "max_new_tokens": 6, "min_new_tokens": 6,
-                "num_beams": beams, "do_sample": False, "pad_token_id": model.config.pad_token_id,
-                "return_dict_in_generate": True, "output_scores": True}
-    cached = model.generate(**settings, use_cache=True)
-    uncached = model.generate(**settings, use_cache=False)
-    assert cached.sequences.tolist() == uncached.sequences.tolist()
-    for step_cached, step_uncached in zip(cached.scores, uncached.scores, strict=True):
-        torch.testing.assert_close(step_cached, step_uncached, atol=1e-4, rtol=1e-4)
+    cached, settings = generate_with_and_without_cache(model, ids, mask, beams)
     if beams == 1 and family == "gpt2":  # greedy tokens = argmax of one teacher-forced pass over the result
         full = cached.sequences
         full_mask = torch.cat([mask, torch.ones(3, 6, dtype=mask.dtype)], 1)
