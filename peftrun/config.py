@@ -52,6 +52,9 @@ class MethodConfig:
     length: int | None = None
     mid_dim: int | None = None
     init: str | None = None
+    # a run directory (or its adapter/) whose saved prompt starts this method's prompt (prompt transfer,
+    # multi-task P-tuning v2's per-task continuation; peftrun/instruction/transfer.py); null = fresh
+    init_from: str | None = None
     deltas: list[Any] = field(default_factory=list)  # [{kind: lora, ...}, ...]
 
 
@@ -65,6 +68,21 @@ class GenerationConfig:
     # auto: greedy search (num_beams=1) runs peftrun's lean loop, which drops finished rows and gives generate's
     # tokens (peftrun/decode.py), wherever it applies; hf: always transformers' model.generate
     decoder: str = "auto"
+
+
+@dataclass
+class MixtureConfig:
+    """task=mixture (peftrun/tasks/mixture.py): several tasks trained together, evaluated per task."""
+
+    train: list[str] = field(default_factory=list)  # member tasks trained on (conf/task/<name>.yaml each)
+    eval: list[str] = field(default_factory=list)  # member tasks evaluated (their task.eval_splits)
+    max_per_task: int | None = 3000  # training examples kept per task (FLAN: 3,000); null = all
+    temperature: float = 1.0  # p_i ~ n_i^(1/T) over the capped sizes n_i: 1 = proportional, large = uniform
+    homogeneous: bool = False  # each global batch from one task (automatic with per-task heads)
+    templates: str = "none"  # none | flan: render every member through its instruction templates
+    template_eval: str = "all"  # flan: evaluate each template separately (all) or round-robin like training
+    check_leakage: bool = True  # refuse train/eval tasks sharing a source dataset or a FLAN cluster
+    tasks: dict[str, Any] = field(default_factory=dict)  # per-member task overrides, e.g. {rte: {data_dir: DIR}}
 
 
 @dataclass
@@ -84,6 +102,7 @@ class TaskConfig:
     formulation: str = "auto"  # auto | text | head: text-to-text, or the task's head (auto: head for encoders)
     verbalizers: list[str] | None = None  # text-to-text target per class (index = label id); null = label names
     with_keys: bool = False  # Spider: also serialise primary and foreign keys in the source
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)  # task=mixture only
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 

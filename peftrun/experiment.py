@@ -52,6 +52,10 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, overrides: list[str], c
     from peftrun.methods import apply_method, validate_method  # imports transformers: after the cheap checks
 
     validate_method(cfg.method, anatomy)
+    if cfg.method.init_from:  # prompt transfer: the source adapter must exist before anything loads
+        from peftrun.instruction.transfer import adapter_dir
+
+        adapter_dir(cfg.method.init_from)
     config = OmegaConf.to_container(cfg, resolve=True)
     previous = read_record(run_dir)
     changed = _changed_keys(previous.get("config") or {}, config) if previous is not None else []
@@ -112,7 +116,7 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
 
     set_seed(cfg.trainer.seed)
     train_examples = task.load(cfg.task.train_split, grouped=False) if _training(cfg) else []
-    eval_sets = {split: task.load(split, grouped=True) for split in cfg.task.eval_splits} if _evaluating(cfg) else {}
+    eval_sets = {split: task.load(split, grouped=True) for split in task.evaluation_splits()} if _evaluating(cfg) else {}
     if cfg.task.max_train_examples is not None:
         train_examples = train_examples[: cfg.task.max_train_examples]
     if cfg.task.max_eval_examples is not None:
@@ -126,6 +130,10 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
     # a head formulation's head is new: it trains (and is saved) with every method
     method = apply_method(backbone.model, backbone.anatomy, cfg.method, tokenizer=backbone.tokenizer,
                           train_head=formulation != "text")
+    if cfg.method.init_from:
+        from peftrun.instruction.transfer import init_prompts_from
+
+        record["init_from"] = init_prompts_from(method, cfg.method.init_from)
     record["backbone"] = backbone.description
     record["params"] = method.param_report()
     console.print(parameter_table(record["params"], title=f"{cfg.backbone.name} + {cfg.method.name}"))
@@ -138,7 +146,7 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
     record["timings"]["setup_s"] = round(time.perf_counter() - started, 3)
     if train_examples:
         record["train"], record["timings"]["train_s"], record["timings"]["train_tokens_per_s"] = _train(
-            cfg, run_dir, backbone, formulation, train_examples, record, console
+            cfg, run_dir, backbone, formulation, train_examples, record, console, task
         )
     if not is_main_process():
         return  # rank 0 saves the adapter and evaluates every example; the others are done
@@ -155,7 +163,10 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
         if formulation == "text":
             texts = _generate(cfg, backbone, examples, split, record, console)
         else:
-            texts = _classify(cfg, backbone, task, formulation, examples, split, record, console)
+            from peftrun.instruction.multitask_head import restrict_to_member
+
+            with restrict_to_member(backbone.model, task, split):  # a mixture's head: this task's columns
+                texts = _classify(cfg, backbone, task, formulation, examples, split, record, console)
         record["metrics"][split] = task.score(texts, examples)
         n_eval += len(examples)
         predictions += [
@@ -182,7 +193,7 @@ def _evaluating(cfg) -> bool:
     return cfg.trainer.do_eval and not cfg.trainer.dry_run
 
 
-def _train(cfg, run_dir, backbone, formulation, examples, record, console):
+def _train(cfg, run_dir, backbone, formulation, examples, record, console, task):
     from transformers.trainer_callback import PrinterCallback
 
     from peftrun.train import (
@@ -203,6 +214,10 @@ def _train(cfg, run_dir, backbone, formulation, examples, record, console):
 
         dataset, collator = _head_training_data(cfg, backbone, formulation, examples, record)
         trainer_class, extra = HeadTrainer, {"head": formulation}
+    if task.name == "mixture":
+        from peftrun.instruction.training import mixture_trainer
+
+        trainer_class, extra = mixture_trainer(task, trainer_class, extra, len(dataset), record)
     progress = ConsoleProgress(str(run_dir / "train_log.jsonl"), console)
     stopper = StopOnSignal()
     checkpoints = str(run_dir / "checkpoints")

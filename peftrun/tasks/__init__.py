@@ -2,12 +2,13 @@
 
 table-to-text (table_to_text.py): e2e, dart, webnlg (2017), synthetic (built in, the offline default);
 summarization: xsum, cnn_dm; superglue: boolq, cb, rte, copa, wic, wsc, multirc, record;
-sequence_labelling: conll2003; spider: spider.
+sequence_labelling: conll2003; spider: spider; mixture: several of these together.
 """
 
 from peftrun.tasks import (  # noqa: F401  (each module registers its tasks)
     dart,
     e2e,
+    mixture,
     sequence_labelling,
     spider,
     summarization,

@@ -91,6 +91,10 @@ class Task(ABC):
                                f"[{', '.join(scores)}]; set task.metrics=null for all")
         return {m: scores[m] for m in wanted}
 
+    def evaluation_splits(self) -> list[str]:
+        """The splits a run evaluates: task.eval_splits (a mixture names one per member and split)."""
+        return list(self.cfg.eval_splits)
+
     def cap(self, examples: list[Example], split: str) -> list[Example]:
         """The first task.max_train_examples (train split) or task.max_eval_examples (others) examples."""
         limit = self.cfg.max_train_examples if split == self.cfg.train_split else self.cfg.max_eval_examples

@@ -1,0 +1,160 @@
+"""task=mixture: several peftrun tasks trained together and evaluated task by task (multi-task training,
+instruction tuning's held-out evaluation, multi-task P-tuning v2).
+
+Members: task.mixture.train / task.mixture.eval name tasks; each is built from its own conf/task/<name>.yaml,
+then task.mixture.tasks.<name> overrides (e.g. data_dir); task.data_dir=builtin gives every member its built-in
+sample. The mixture's own max_source_length / max_target_length / generation apply to all members (one model,
+one tokenisation).
+
+Training examples: each training member's train split, its first task.mixture.max_per_task examples (FLAN caps
+every task at 3,000), concatenated; `groups` says which member each came from, and the mixing rates
+(peftrun/instruction/mixing.py) decide how often. Evaluation: one split per (eval member, its eval split), named
+"<member>/<split>", scored by that member's own metrics, so the record holds per-task metrics.
+
+Head formulation (encoders): members that all classify get one head per task, as the columns of one classifier:
+member i owns label columns [offset_i, offset_i + C_i) and meta["label"] is the global column (offset + label),
+peftrun/instruction/multitask_head.py restricts the softmax and the argmax to the example's own columns.
+
+Leakage: before anything loads, a training member sharing a source dataset or a FLAN (neighbour) cluster with
+an evaluation member is refused (peftrun/instruction/flan.py), unless task.mixture.check_leakage=false (multi-task
+training evaluated on its own tasks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from peftrun.errors import PeftrunError
+from peftrun.tasks.base import BUILTIN, TASKS, Example, Task, register_task
+
+SEPARATOR = "/"  # eval split names: "<member>/<member split>"
+
+
+def member_config(name: str, mixture_cfg: Any) -> Any:
+    """The TaskConfig of member `name`: conf/task/<name>.yaml, then the mixture's overrides for it."""
+    from peftrun.config import CONF_DIR, TaskConfig
+
+    path = Path(CONF_DIR) / "task" / f"{name}.yaml"
+    known = sorted(p.stem for p in path.parent.glob("*.yaml") if p.stem != "mixture")
+    if name == "mixture" or not path.is_file():
+        raise PeftrunError(f"task.mixture: unknown member task {name!r}; known: {', '.join(known)}")
+    cfg = OmegaConf.merge(OmegaConf.structured(TaskConfig), OmegaConf.load(path))
+    if mixture_cfg.data_dir == BUILTIN:
+        cfg.data_dir = BUILTIN
+    overrides = mixture_cfg.mixture.tasks.get(name)
+    if overrides is not None:
+        cfg = OmegaConf.merge(cfg, overrides)
+    return cfg
+
+
+@register_task("mixture")
+class MixtureTask(Task):
+    """See the module docstring."""
+
+    def __init__(self, cfg: Any, data_dir: str | None = None) -> None:
+        super().__init__(cfg, data_dir)
+        import peftrun.tasks  # noqa: F401  (registers the members)
+
+        mix = cfg.mixture
+        if not mix.train and not mix.eval:
+            raise PeftrunError("task=mixture needs members: task.mixture.train=[rte,cb,...] and/or "
+                               "task.mixture.eval=[...]")
+        for key in ("train", "eval"):
+            names = list(mix[key])
+            if len(set(names)) != len(names):
+                raise PeftrunError(f"task.mixture.{key}={names} names a task twice")
+        if cfg.max_train_examples is not None:
+            raise PeftrunError("task=mixture caps each member instead of the concatenation: set "
+                               "task.mixture.max_per_task, not task.max_train_examples")
+        if mix.max_per_task is not None and mix.max_per_task < 1:
+            raise PeftrunError(f"task.mixture.max_per_task={mix.max_per_task}; give a positive cap or null")
+        self.train_names = list(mix.train)
+        self.eval_names = list(mix.eval)
+        self.members: dict[str, Task] = {}
+        for name in dict.fromkeys(self.train_names + self.eval_names):
+            member_cfg = member_config(name, cfg)
+            self.members[name] = TASKS[member_cfg.name](member_cfg, data_dir)
+        if mix.check_leakage:
+            from peftrun.instruction.flan import check_leakage
+
+            check_leakage(self.train_names, self.eval_names, data_dir, self.sources())
+        self._set_head()
+        self.groups: list[int] = []  # member index (in train_names) of each training example of the last load
+
+    def sources(self) -> dict[str, str]:
+        """Source datasets of members that name one themselves (Super-NI tasks), for the leakage check."""
+        return {n: t.source_dataset for n, t in self.members.items() if hasattr(t, "source_dataset")}
+
+    # -- head: one block of label columns per member ---------------------------------------------------------
+    def _set_head(self) -> None:
+        heads = {t.head for t in self.members.values()}
+        self.head = "classification" if heads == {"classification"} else None
+        self.offsets: dict[str, int] = {}
+        names: list[str] = []
+        if self.head is not None:
+            for name, member in self.members.items():
+                self.offsets[name] = len(names)
+                names += list(member.label_names)
+        self.label_names = tuple(names)
+
+    def label_columns(self, name: str) -> range:
+        """The classifier columns of member `name` (head formulation)."""
+        return range(self.offsets[name], self.offsets[name] + len(self.members[name].label_names))
+
+    # -- splits -----------------------------------------------------------------------------------------------
+    def evaluation_splits(self) -> list[str]:
+        return [f"{name}{SEPARATOR}{split}" for name in self.eval_names for split in self.members[name].cfg.eval_splits]
+
+    def member_of(self, split: str) -> tuple[str, str]:
+        name, _, member_split = split.partition(SEPARATOR)
+        if name not in self.members or not member_split:
+            raise PeftrunError(f"mixture split {split!r} is not <member>{SEPARATOR}<split> of a member "
+                               f"({', '.join(self.members)})")
+        return name, member_split
+
+    def load(self, split: str, grouped: bool) -> list[Example]:
+        if split == self.cfg.train_split and not grouped:
+            return self.load_train()
+        name, member_split = self.member_of(split)
+        return [self._tag(name, ex) for ex in self.members[name].load(member_split, grouped)]
+
+    def load_train(self) -> list[Example]:
+        """Every training member's capped training examples; sets self.groups and self.sizes."""
+        cap = self.cfg.mixture.max_per_task
+        examples: list[Example] = []
+        self.groups, self.sizes = [], {}
+        for index, name in enumerate(self.train_names):
+            member = self.members[name]
+            rows = member.load(member.cfg.train_split, grouped=False)
+            rows = rows if cap is None else rows[:cap]
+            self.sizes[name] = len(rows)
+            examples += [self._tag(name, ex) for ex in rows]
+            self.groups += [index] * len(rows)
+        return examples
+
+    def _tag(self, name: str, ex: Example) -> Example:
+        meta = dict(ex.meta or {})
+        meta["task"] = name
+        if self.head is not None and "label" in meta:
+            meta["member_label"] = meta["label"]
+            meta["label"] = self.offsets[name] + int(meta["label"])
+        return replace(ex, id=f"{name}{SEPARATOR}{ex.id}", meta=meta)
+
+    def _untag(self, ex: Example) -> Example:
+        meta = dict(ex.meta or {})
+        name = meta.pop("task")
+        if "member_label" in meta:
+            meta["label"] = meta.pop("member_label")
+        return replace(ex, id=ex.id[len(name) + len(SEPARATOR):], meta=meta)
+
+    # -- scoring: each member's own metrics -------------------------------------------------------------------
+    def score(self, predictions: list[str], examples: list[Example]) -> dict[str, float]:
+        names = {(e.meta or {}).get("task") for e in examples}
+        if len(names) != 1 or None in names:
+            raise PeftrunError(f"mixture: score one member's examples at a time (got tasks {sorted(map(str, names))})")
+        name = names.pop()
+        return self.members[name].score(predictions, [self._untag(e) for e in examples])
