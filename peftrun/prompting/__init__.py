@@ -1,0 +1,1 @@
+"""Prompt construction: templates, demonstrations (retrieval, order, budget) and rank classification."""
