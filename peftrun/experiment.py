@@ -173,6 +173,7 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
             {"split": split, "id": ex.id, "input": ex.source, "prediction": text, "references": list(ex.references)}
             for ex, text in zip(examples, texts, strict=True)
         ]
+    record["metrics"].update(task.metric_summary(record["metrics"]))
     if eval_sets:
         eval_s = time.perf_counter() - eval_started
         record["timings"]["eval_s"] = round(eval_s, 3)

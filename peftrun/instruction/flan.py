@@ -15,13 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from peftrun.errors import PeftrunError
+from peftrun.prompting.templates import FLAN_TASKS  # peftrun task name -> FLAN task name
 
-# peftrun task name -> FLAN task name (flan/templates.json, clusters.json)
-FLAN_NAMES = {
-    "rte": "rte", "cb": "cb", "copa": "copa", "wic": "wic", "wsc": "wsc", "boolq": "bool_q", "multirc": "multirc",
-    "record": "record", "dart": "dart", "e2e": "e2e_nlg", "webnlg": "web_nlg_en", "xsum": "xsum",
-    "cnn_dm": "cnn_dailymail",
-}
 NEIGHBOUR_CLUSTERS = {
     "read_comp_and_common_sense": ("reading_comprehension", "common_sense"),
 }
@@ -51,11 +46,11 @@ def collapsible(data_dir: str | None) -> dict[str, list[str]]:
 
 def flan_name(task: str) -> str:
     """The FLAN name of a peftrun task (its own name when FLAN has none)."""
-    return FLAN_NAMES.get(task, task)
+    return FLAN_TASKS.get(task, task)
 
 
 def describe(task: str, data_dir: str | None) -> tuple[str, str | None]:
-    """(source dataset, FLAN cluster or None) of a peftrun task name or a "superni:<source>" pseudo name."""
+    """(source dataset, FLAN cluster or None) of a peftrun task name or a source dataset's name."""
     name = flan_name(task)
     source = name
     for group, members in collapsible(data_dir).items():
@@ -75,13 +70,13 @@ def check_leakage(train: list[str], evaluate: list[str], data_dir: str | None,
                   sources: dict[str, str] | None = None) -> None:
     """One PeftrunError line for the first (train, eval) pair sharing a source dataset or a (neighbour) cluster.
 
-    sources: explicit source names for tasks FLAN does not know (e.g. Super-NI tasks' "Source" field).
+    sources: source dataset of tasks named otherwise (Super-NI tasks' "Source" field, e.g. "rte"), whose FLAN
+        cluster is then the source's.
     """
     sources = sources or {}
 
     def info(task: str) -> tuple[str, str | None]:
-        source, cluster = describe(task, data_dir)
-        return sources.get(task, source), cluster
+        return describe(sources.get(task, task), data_dir)
 
     for t in train:
         t_source, t_cluster = info(t)

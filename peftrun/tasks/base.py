@@ -95,6 +95,10 @@ class Task(ABC):
         """The splits a run evaluates: task.eval_splits (a mixture names one per member and split)."""
         return list(self.cfg.eval_splits)
 
+    def metric_summary(self, metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        """Extra metric entries computed from all evaluated splits' (a mixture: over templates); none here."""
+        return {}
+
     def cap(self, examples: list[Example], split: str) -> list[Example]:
         """The first task.max_train_examples (train split) or task.max_eval_examples (others) examples."""
         limit = self.cfg.max_train_examples if split == self.cfg.train_split else self.cfg.max_eval_examples

@@ -83,11 +83,58 @@ class MixtureTask(Task):
 
             check_leakage(self.train_names, self.eval_names, data_dir, self.sources())
         self._set_head()
+        self._set_templates(data_dir)
         self.groups: list[int] = []  # member index (in train_names) of each training example of the last load
 
     def sources(self) -> dict[str, str]:
         """Source datasets of members that name one themselves (Super-NI tasks), for the leakage check."""
         return {n: t.source_dataset for n, t in self.members.items() if hasattr(t, "source_dataset")}
+
+    # -- instruction templates (peftrun/instruction/render.py) ---------------------------------------------------
+    def _set_templates(self, data_dir: str | None) -> None:
+        from peftrun.instruction.render import TEMPLATE_EVAL, TEMPLATE_SOURCES, member_templates
+
+        mix = self.cfg.mixture
+        if mix.templates not in TEMPLATE_SOURCES or mix.template_eval not in TEMPLATE_EVAL:
+            raise PeftrunError(f"task.mixture.templates={mix.templates!r} / template_eval={mix.template_eval!r}; "
+                               f"known: {', '.join(TEMPLATE_SOURCES)} / {', '.join(TEMPLATE_EVAL)}")
+        self.templates = {}
+        if mix.templates != "none":
+            if self.head is not None and self.cfg.formulation != "text":
+                self.head = None  # instructions are text: rendered members generate (or rank) their answers
+            self.templates = {name: member_templates(mix.templates, name, data_dir) for name in self.members}
+
+    def _render(self, name: str, examples: list[Example], template_id: str | None = None) -> list[Example]:
+        """Members' examples through their templates: one template (template_id) or round-robin."""
+        from peftrun.instruction.render import render_example, render_round_robin
+
+        if not self.templates:
+            return examples
+        templates = self.templates[name]
+        if template_id is None:
+            return render_round_robin(name, examples, templates, self.cfg.mixture.seed)
+        template = next(t for t in templates if f"{t.source}{t.id}" == template_id)
+        return [render_example(name, ex, template) for ex in examples]
+
+    def metric_summary(self, metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        """Per evaluated member and split, over its templates: <metric>_mean / _median / _best (best = max; min for
+        invalid and ter, where lower is better)."""
+        import statistics
+
+        per_split: dict[str, list[dict[str, float]]] = {}
+        for split, scores in metrics.items():
+            if split.count(SEPARATOR) == 2:
+                per_split.setdefault(split.rsplit(SEPARATOR, 1)[0], []).append(scores)
+        summary = {}
+        for split, runs in per_split.items():
+            out = {}
+            for key in runs[0]:
+                values = [r[key] for r in runs if key in r]
+                best = min if key in ("invalid", "ter") else max
+                out |= {f"{key}_mean": statistics.fmean(values), f"{key}_median": statistics.median(values),
+                        f"{key}_best": best(values)}
+            summary[split] = out
+        return summary
 
     # -- head: one block of label columns per member ---------------------------------------------------------
     def _set_head(self) -> None:
@@ -107,20 +154,34 @@ class MixtureTask(Task):
 
     # -- splits -----------------------------------------------------------------------------------------------
     def evaluation_splits(self) -> list[str]:
-        return [f"{name}{SEPARATOR}{split}" for name in self.eval_names for split in self.members[name].cfg.eval_splits]
+        """"<member>/<split>", or with every template evaluated "<member>/<split>/<source><template id>"."""
+        splits = []
+        for name in self.eval_names:
+            for split in self.members[name].cfg.eval_splits:
+                if self.templates and self.cfg.mixture.template_eval == "all":
+                    splits += [f"{name}{SEPARATOR}{split}{SEPARATOR}{t.source}{t.id}" for t in self.templates[name]]
+                else:
+                    splits.append(f"{name}{SEPARATOR}{split}")
+        return splits
 
     def member_of(self, split: str) -> tuple[str, str]:
-        name, _, member_split = split.partition(SEPARATOR)
+        name, member_split, _ = self._parse(split)
+        return name, member_split
+
+    def _parse(self, split: str) -> tuple[str, str, str | None]:
+        name, _, rest = split.partition(SEPARATOR)
+        member_split, _, template = rest.partition(SEPARATOR)
         if name not in self.members or not member_split:
             raise PeftrunError(f"mixture split {split!r} is not <member>{SEPARATOR}<split> of a member "
                                f"({', '.join(self.members)})")
-        return name, member_split
+        return name, member_split, template or None
 
     def load(self, split: str, grouped: bool) -> list[Example]:
         if split == self.cfg.train_split and not grouped:
             return self.load_train()
-        name, member_split = self.member_of(split)
-        return [self._tag(name, ex) for ex in self.members[name].load(member_split, grouped)]
+        name, member_split, template = self._parse(split)
+        examples = self._render(name, self.members[name].load(member_split, grouped), template)
+        return [self._tag(name, ex) for ex in examples]
 
     def load_train(self) -> list[Example]:
         """Every training member's capped training examples; sets self.groups and self.sizes."""
@@ -132,7 +193,7 @@ class MixtureTask(Task):
             rows = member.load(member.cfg.train_split, grouped=False)
             rows = rows if cap is None else rows[:cap]
             self.sizes[name] = len(rows)
-            examples += [self._tag(name, ex) for ex in rows]
+            examples += [self._tag(name, ex) for ex in self._render(name, rows)]
             self.groups += [index] * len(rows)
         return examples
 
@@ -157,4 +218,10 @@ class MixtureTask(Task):
         if len(names) != 1 or None in names:
             raise PeftrunError(f"mixture: score one member's examples at a time (got tasks {sorted(map(str, names))})")
         name = names.pop()
-        return self.members[name].score(predictions, [self._untag(e) for e in examples])
+        member = self.members[name]
+        if self.templates:
+            from peftrun.instruction.render import member_prediction
+
+            predictions = [member_prediction(p, e.meta or {}, member.label_names)
+                           for p, e in zip(predictions, examples, strict=True)]
+        return member.score(predictions, [self._untag(e) for e in examples])
