@@ -82,7 +82,8 @@ class MixtureConfig:
     templates: str = "none"  # none | flan: render every member through its instruction templates
     template_eval: str = "all"  # flan: evaluate each template separately (all) or round-robin like training
     seed: int = 0  # the templates' round-robin order (the YAML sets ${trainer.seed})
-    check_leakage: bool = True  # refuse train/eval tasks sharing a source dataset or a FLAN cluster
+    # refuse train/eval tasks sharing a source dataset or a FLAN (neighbour) cluster (cluster), a source (source)
+    check_leakage: str = "cluster"  # cluster | source | off
     tasks: dict[str, Any] = field(default_factory=dict)  # per-member task overrides, e.g. {rte: {data_dir: DIR}}
 
 

@@ -116,7 +116,7 @@ def test_leakage_fails_before_training_with_one_line(train, evaluate, why) -> No
 def test_held_out_nli_split_has_no_leakage() -> None:
     data = str(require_data("instructions", "flan").parent.parent)
     check_leakage(["e2e", "dart", "webnlg", "xsum", "boolq"], ["rte", "cb"], data)
-    task = mixture_task(["rte", "boolq"], ["rte", "boolq"], check_leakage=False)  # multi-task on its own tasks
+    task = mixture_task(["rte", "boolq"], ["rte", "boolq"], check_leakage="off")  # multi-task on its own tasks
     assert task.evaluation_splits() == ["rte/validation", "boolq/validation"]
 
 
@@ -176,7 +176,7 @@ def test_multitask_head_loss_stays_in_each_tasks_columns() -> None:
 def test_multitask_ptuning_v2_trains_one_head_per_task_and_saves_the_shared_prompt(tmp_path: Path) -> None:
     record = run(tmp_path, "backbone=tiny-bert", "method=ptuning_v2", "method.length=4", "method.train=head",
                  "task=mixture", "task.data_dir=builtin", "task.mixture.train=[rte,boolq,cb]",
-                 "task.mixture.eval=[rte,boolq,cb]", "task.mixture.check_leakage=false", "trainer.max_steps=6",
+                 "task.mixture.eval=[rte,boolq,cb]", "task.mixture.check_leakage=off", "trainer.max_steps=6",
                  "trainer.lr=1e-2", *FAST)
     assert record["status"] == "complete" and record["mixture"]["homogeneous_batches"]
     assert set(record["metrics"]) == {"rte/validation", "boolq/validation", "cb/validation"}

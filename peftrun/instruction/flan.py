@@ -66,13 +66,21 @@ def _related(a: str | None, b: str | None) -> bool:
     return a == b or b in NEIGHBOUR_CLUSTERS.get(a, ()) or a in NEIGHBOUR_CLUSTERS.get(b, ())
 
 
+LEAKAGE_RULES = ("cluster", "source", "off")
+
+
 def check_leakage(train: list[str], evaluate: list[str], data_dir: str | None,
-                  sources: dict[str, str] | None = None) -> None:
-    """One PeftrunError line for the first (train, eval) pair sharing a source dataset or a (neighbour) cluster.
+                  sources: dict[str, str] | None = None, rule: str = "cluster") -> None:
+    """One PeftrunError line for the first (train, eval) pair sharing a source dataset or, with rule="cluster", a
+    FLAN (neighbour) cluster.
 
     sources: source dataset of tasks named otherwise (Super-NI tasks' "Source" field, e.g. "rte"), whose FLAN
         cluster is then the source's.
     """
+    if rule not in LEAKAGE_RULES:
+        raise PeftrunError(f"task.mixture.check_leakage={rule!r}; known: {', '.join(LEAKAGE_RULES)}")
+    if rule == "off":
+        return
     sources = sources or {}
 
     def info(task: str) -> tuple[str, str | None]:
@@ -84,10 +92,10 @@ def check_leakage(train: list[str], evaluate: list[str], data_dir: str | None,
             e_source, e_cluster = info(e)
             if t_source == e_source:
                 why = f"the source dataset {t_source!r}"
-            elif _related(t_cluster, e_cluster):
+            elif rule == "cluster" and _related(t_cluster, e_cluster):
                 why = (f"the FLAN cluster {t_cluster!r}" if t_cluster == e_cluster
                        else f"neighbouring FLAN clusters {t_cluster!r} / {e_cluster!r}")
             else:
                 continue
             raise PeftrunError(f"leakage: training task {t!r} and evaluation task {e!r} share {why}; drop one "
-                               "from task.mixture.train / task.mixture.eval (or task.mixture.check_leakage=false)")
+                               "from task.mixture.train / task.mixture.eval (or set task.mixture.check_leakage)")

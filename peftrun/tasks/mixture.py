@@ -16,8 +16,8 @@ member i owns label columns [offset_i, offset_i + C_i) and meta["label"] is the 
 peftrun/instruction/multitask_head.py restricts the softmax and the argmax to the example's own columns.
 
 Leakage: before anything loads, a training member sharing a source dataset or a FLAN (neighbour) cluster with
-an evaluation member is refused (peftrun/instruction/flan.py), unless task.mixture.check_leakage=false (multi-task
-training evaluated on its own tasks).
+an evaluation member is refused (peftrun/instruction/flan.py); task.mixture.check_leakage=source checks sources
+only (Super-NI), =off nothing (multi-task training evaluated on its own tasks).
 """
 
 from __future__ import annotations
@@ -38,8 +38,11 @@ def member_config(name: str, mixture_cfg: Any) -> Any:
     """The TaskConfig of member `name`: conf/task/<name>.yaml, then the mixture's overrides for it."""
     from peftrun.config import CONF_DIR, TaskConfig
 
-    path = Path(CONF_DIR) / "task" / f"{name}.yaml"
-    known = sorted(p.stem for p in path.parent.glob("*.yaml") if p.stem != "mixture")
+    from peftrun.tasks.superni import PREFIX
+
+    path = Path(CONF_DIR) / "task" / f"{'superni' if name.startswith(PREFIX) else name}.yaml"
+    known = sorted(p.stem for p in path.parent.glob("*.yaml") if p.stem not in ("mixture", "superni"))
+    known.append(f"{PREFIX}<Super-NI task> / {PREFIX}train / {PREFIX}test")
     if name == "mixture" or not path.is_file():
         raise PeftrunError(f"task.mixture: unknown member task {name!r}; known: {', '.join(known)}")
     cfg = OmegaConf.merge(OmegaConf.structured(TaskConfig), OmegaConf.load(path))
@@ -72,16 +75,20 @@ class MixtureTask(Task):
                                "task.mixture.max_per_task, not task.max_train_examples")
         if mix.max_per_task is not None and mix.max_per_task < 1:
             raise PeftrunError(f"task.mixture.max_per_task={mix.max_per_task}; give a positive cap or null")
-        self.train_names = list(mix.train)
-        self.eval_names = list(mix.eval)
+        from peftrun.tasks.superni import PREFIX, SuperNITask, expand_members
+
+        self.train_names = expand_members(list(mix.train), data_dir)
+        self.eval_names = expand_members(list(mix.eval), data_dir)
         self.members: dict[str, Task] = {}
         for name in dict.fromkeys(self.train_names + self.eval_names):
             member_cfg = member_config(name, cfg)
-            self.members[name] = TASKS[member_cfg.name](member_cfg, data_dir)
-        if mix.check_leakage:
-            from peftrun.instruction.flan import check_leakage
+            if name.startswith(PREFIX):
+                self.members[name] = SuperNITask(member_cfg, data_dir, name[len(PREFIX):])
+            else:
+                self.members[name] = TASKS[member_cfg.name](member_cfg, data_dir)
+        from peftrun.instruction.flan import check_leakage
 
-            check_leakage(self.train_names, self.eval_names, data_dir, self.sources())
+        check_leakage(self.train_names, self.eval_names, data_dir, self.sources(), mix.check_leakage)
         self._set_head()
         self._set_templates(data_dir)
         self.groups: list[int] = []  # member index (in train_names) of each training example of the last load
