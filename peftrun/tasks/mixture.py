@@ -37,7 +37,6 @@ SEPARATOR = "/"  # eval split names: "<member>/<member split>"
 def member_config(name: str, mixture_cfg: Any) -> Any:
     """The TaskConfig of member `name`: conf/task/<name>.yaml, then the mixture's overrides for it."""
     from peftrun.config import CONF_DIR, TaskConfig
-
     from peftrun.tasks.superni import PREFIX
 
     path = Path(CONF_DIR) / "task" / f"{'superni' if name.startswith(PREFIX) else name}.yaml"
