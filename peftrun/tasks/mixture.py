@@ -48,8 +48,8 @@ def member_config(name: str, mixture_cfg: Any) -> Any:
     if mixture_cfg.data_dir == BUILTIN:
         cfg.data_dir = BUILTIN
     overrides = mixture_cfg.mixture.tasks.get(name)
-    if overrides is not None:
-        cfg = OmegaConf.merge(cfg, overrides)
+    if overrides is not None:  # resolved in the run's config (e.g. ${paths.data_dir}) before leaving it
+        cfg = OmegaConf.merge(cfg, OmegaConf.to_container(overrides, resolve=True))
     return cfg
 
 
