@@ -95,7 +95,7 @@ class PromptConfig:
     source: str = "plain"  # plain | flan | promptsource | superni (template files under paths.data_dir/instructions)
     template: str = "0"  # template id (flan: "0".."9", promptsource: its name), or "round_robin" over the ids by example
     instruction: str = ""  # text put before everything (demonstrations included); "" = none
-    options_inline: bool = True  # plain source: list the answer options after the query ("OPTIONS:\n- ...")
+    options_inline: bool = False  # plain source: list the answer options after the query ("OPTIONS:\n- ...")
     k: int = 0  # demonstrations per query, from the train split (task.train_split)
     retriever: str = "random"  # random | bm25 | dense (sentence encoder, `encoder`) | fixed (`fixed_ids`)
     encoder: str = "~/.cache/peftrun/models/minilm-l6"  # dense retriever: a sentence encoder dir (mean pooling)

@@ -120,6 +120,10 @@ class PromptBuilder:
     def query_text(self, template: Template, fields: dict[str, Any]) -> tuple[str, str, list[str] | None]:
         """(prompt, target, options) of one example under `template`, options inline for plain if asked."""
         prompt, target = render(template, fields)
+        if not prompt.strip():
+            raise PeftrunError(f"{template.source} template {template.id!r} renders nothing for this {self.task.name} "
+                               "example (it applies to some examples only, e.g. COPA's cause or effect questions); "
+                               "choose another prompt.template")
         options = self.options(template, fields)
         if template.source == PLAIN and self.cfg.options_inline and options:
             prompt = f"{prompt}\n{options_block(options)}"
@@ -158,17 +162,23 @@ class PromptBuilder:
                 shots.append((pool[j].id, demo_prompt + cfg.answer_separator + demo_target))
             kept, text, tokens = self._fit(shots, prompt, query, count_tokens, budget)
             free_text = self._assemble(kept, free_prompt, query)
-            out.append(Prompted(query, text, target, options, free_text, [sid for sid, _ in kept],
+            shown = [sid for sid, _ in self._ordered(kept, query)]
+            out.append(Prompted(query, text, target, options, free_text, shown,
                                 len(shots) - len(kept), tokens))
         return out
 
-    def _assemble(self, kept: list[tuple[str, str]], prompt: str, query: Example) -> str:
+    def _ordered(self, kept: list[tuple[str, str]], query: Example) -> list[tuple[str, str]]:
+        """Demonstrations (most similar first) in prompt order."""
         cfg = self.cfg
         shots = list(reversed(kept)) if cfg.order == "similar_last" else list(kept)
         if cfg.order == "random":
             random.Random(f"{cfg.seed}:{query.id}:order").shuffle(shots)
-        parts = ([cfg.instruction] if cfg.instruction else []) + [text for _, text in shots] + [prompt]
-        return cfg.example_separator.join(parts)
+        return shots
+
+    def _assemble(self, kept: list[tuple[str, str]], prompt: str, query: Example) -> str:
+        shots = self._ordered(kept, query)
+        parts = ([self.cfg.instruction] if self.cfg.instruction else []) + [text for _, text in shots] + [prompt]
+        return self.cfg.example_separator.join(parts)
 
     def _fit(self, shots: list[tuple[str, str]], prompt: str, query: Example, count_tokens: Callable[[str], int],
              budget: int) -> tuple[list[tuple[str, str]], str, int]:
