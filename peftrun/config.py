@@ -109,6 +109,29 @@ class TaskConfig:
 
 
 @dataclass
+class PromptConfig:
+    """Prompt construction (peftrun/prompting/): template, instruction, demonstrations. prompt=none (null): the
+    task's own source and target, unchanged."""
+
+    source: str = "plain"  # plain | flan | promptsource | superni (template files under paths.data_dir/instructions)
+    template: str = "0"  # template id (flan: "0".."9", promptsource: its name), or "round_robin" over the ids by example
+    instruction: str = ""  # text put before everything (demonstrations included); "" = none
+    options_inline: bool = False  # plain source: list the answer options after the query ("OPTIONS:\n- ...")
+    k: int = 0  # demonstrations per query, from the train split (task.train_split)
+    retriever: str = "random"  # random | bm25 | dense (sentence encoder, `encoder`) | fixed (`fixed_ids`)
+    encoder: str = "~/.cache/peftrun/models/minilm-l6"  # dense retriever: a sentence encoder dir (mean pooling)
+    fixed_ids: list[str] = field(default_factory=list)  # retriever=fixed: train example ids, in this order
+    order: str = "similar_last"  # similar_last | similar_first | random
+    pool: int | None = None  # demonstrations are drawn from the first `pool` train examples; null = all
+    max_tokens: int | None = None  # prompt token budget; over it, the least similar demonstration is dropped
+    answer_separator: str = " "  # between a prompt and its answer (demonstrations and the scored options)
+    example_separator: str = "\n\n"  # between demonstrations and before the query
+    seed: int = 0  # random retriever / random order / round robin start
+    normalize: str = "sum"  # task.formulation=rank: option score = sum | mean of its token log-likelihoods
+    calibrate: bool = False  # task.formulation=rank: contextual calibration with a content-free ("N/A") query
+
+
+@dataclass
 class TrainerConfig:
     lr: float = 5e-4
     epochs: float = 1.0
@@ -152,6 +175,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    prompt: PromptConfig | None = None  # prompt=none: null, and left out of the record (records unchanged)
     run_name: str = "${backbone.name}_${method.name}_${task.name}"
 
 

@@ -2,9 +2,11 @@
 
 Everything that can be checked without loading a model (names, keys, combinations, data files, input lengths
 against the backbone's positions) is checked first, so bad input fails in a second with one line, before any
-expensive work. The formulation decided there (peftrun/formulation.py) picks the backbone head, the training
-data and loss, and the predictions: "text" generates (data.py, train.py, generate.py); a head formulation
-classifies, scores candidates or tags tokens (head_data.py, heads.py).
+expensive work. The formulation decided there (peftrun/formulation.py) is one object (peftrun/formulations/) that
+gives the backbone head, the training data and loss, and the predictions: "text" generates (data.py, train.py,
+generate.py); "rank" scores answer options by log-likelihood; a head formulation classifies, scores candidates or
+tags tokens (head_data.py, heads.py). A prompt config (prompt=..., peftrun/prompting/) rewrites sources into
+prompts with demonstrations; methods that train nothing (method=icl) only evaluate.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, overrides: list[str], c
     """Run one experiment described by `cfg` in `run_dir`; returns the run record (also on disk)."""
     from peftrun.backbones import anatomy_for, load_backbone
     from peftrun.formulation import resolve_formulation
+    from peftrun.formulations import build_formulation
     from peftrun.lengths import check_input_lengths
     from peftrun.tasks.base import build_task
 
@@ -47,8 +50,13 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, overrides: list[str], c
     started = time.perf_counter()
     anatomy = anatomy_for(cfg.backbone.family)
     task = build_task(cfg.task, cfg.paths.data_dir)
-    formulation = resolve_formulation(task, cfg.backbone, anatomy.kind)  # "text" or the task's head
-    lengths_checked = check_input_lengths(cfg, anatomy.kind, formulation)  # config.json only, no weights
+    name = resolve_formulation(task, cfg.backbone, anatomy.kind)  # "text", "rank" or the task's head
+    lengths_checked = check_input_lengths(cfg, anatomy.kind, _length_layout(name))  # config.json only, no weights
+    formulation = build_formulation(name, cfg, task, _prompting(cfg, task))
+    if _evaluation_only(cfg) and formulation.trains_new_head:
+        raise PeftrunError(f"method {cfg.method.name!r} trains nothing, but the {name} formulation puts a new head on "
+                           f"backbone {cfg.backbone.name!r} that must train; use task.formulation=rank or text with "
+                           "a decoder or encoder-decoder backbone")
     from peftrun.methods import apply_method, validate_method  # imports transformers: after the cheap checks
 
     validate_method(cfg.method, anatomy)
@@ -57,6 +65,8 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, overrides: list[str], c
 
         adapter_dir(cfg.method.init_from)
     config = OmegaConf.to_container(cfg, resolve=True)
+    if config.get("prompt", "absent") is None:
+        del config["prompt"]  # prompt=none: records stay as they were before the prompt group existed
     previous = read_record(run_dir)
     changed = _changed_keys(previous.get("config") or {}, config) if previous is not None else []
     if previous is not None and not changed and previous.get("status") == "complete":
@@ -105,13 +115,35 @@ def _changed_keys(before: dict[str, Any], after: dict[str, Any], prefix: str = "
     return changed
 
 
+def _length_layout(formulation: str) -> str:
+    """What peftrun/lengths.py checks: rank builds the text layout (prompt + answer)."""
+    return "text" if formulation == "rank" else formulation
+
+
+def _evaluation_only(cfg) -> bool:
+    """Methods that train nothing (method=icl: no deltas, frozen backbone): no optimizer, no checkpoint."""
+    return cfg.method.train == "none" and not cfg.method.deltas
+
+
+def _prompting(cfg, task):
+    """The prompt config's builder and demonstration pool (peftrun/prompting/), checked before any model loads;
+    None for prompt=none."""
+    if cfg.get("prompt") is None:
+        return None
+    from peftrun.formulations import Prompting
+    from peftrun.prompting.build import PromptBuilder
+
+    builder = PromptBuilder(cfg.prompt, task, cfg.paths.data_dir)
+    pool = builder.pool(task.load(cfg.task.train_split, grouped=False)) if cfg.prompt.k > 0 else []
+    return Prompting(builder, pool, natural=_evaluation_only(cfg))
+
+
 def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, started, load_backbone, apply_method,
          save) -> None:
     import torch
     from transformers import set_seed
 
     from peftrun.console import parameter_table, results_table
-    from peftrun.formulation import backbone_head, num_outputs
     from peftrun.lengths import check_input_lengths
 
     set_seed(cfg.trainer.seed)
@@ -123,13 +155,13 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
         eval_sets = {split: rows[: cfg.task.max_eval_examples] for split, rows in eval_sets.items()}
 
     dry_meta = cfg.trainer.dry_run and cfg.backbone.init == "random"
-    backbone = load_backbone(cfg.backbone, cfg.paths, head=backbone_head(formulation),
-                             num_labels=num_outputs(task, formulation), meta=dry_meta)
+    backbone = load_backbone(cfg.backbone, cfg.paths, head=formulation.backbone_head,
+                             num_labels=formulation.num_labels(), meta=dry_meta)
     if not lengths_checked:  # a hub id whose config.json was not cached: check on the loaded config
-        check_input_lengths(cfg, backbone.kind, formulation, backbone.model.config.to_dict())
+        check_input_lengths(cfg, backbone.kind, _length_layout(formulation.name), backbone.model.config.to_dict())
     # a head formulation's head is new: it trains (and is saved) with every method
     method = apply_method(backbone.model, backbone.anatomy, cfg.method, tokenizer=backbone.tokenizer,
-                          train_head=formulation != "text")
+                          train_head=formulation.trains_new_head)
     if cfg.method.init_from:
         from peftrun.instruction.transfer import init_prompts_from
 
@@ -150,7 +182,10 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
         )
     if not is_main_process():
         return  # rank 0 saves the adapter and evaluates every example; the others are done
-    method.save(run_dir / "adapter")
+    if _evaluation_only(cfg):
+        record["trained"] = False  # nothing trained: no optimizer, no adapter, no checkpoint
+    else:
+        method.save(run_dir / "adapter")
     save(run_dir, record)
 
     if method.mergeable and eval_sets:  # saved unmerged above; evaluate with zero added latency (LoRA's claim)
@@ -159,20 +194,21 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
     eval_started = time.perf_counter()
     predictions: list[dict[str, Any]] = []
     n_eval = 0
-    for split, examples in eval_sets.items():
-        if formulation == "text":
-            texts = _generate(cfg, backbone, examples, split, record, console)
-        else:
-            from peftrun.instruction.multitask_head import restrict_to_member
+    from peftrun.instruction.multitask_head import restrict_to_member
 
-            with restrict_to_member(backbone.model, task, split):  # a mixture's head: this task's columns
-                texts = _classify(cfg, backbone, task, formulation, examples, split, record, console)
+    for split, examples in eval_sets.items():
+        with restrict_to_member(backbone.model, task, split):  # a mixture's head: this task's columns
+            texts, extras = formulation.predict(backbone, examples, split, record,
+                                                lambda name, total: _eval_progress(name, total, console))
         record["metrics"][split] = task.score(texts, examples)
         n_eval += len(examples)
-        predictions += [
+        rows = [
             {"split": split, "id": ex.id, "input": ex.source, "prediction": text, "references": list(ex.references)}
             for ex, text in zip(examples, texts, strict=True)
         ]
+        if extras is not None:  # rank scores, demonstration ids (only formulations that have them)
+            rows = [{**row, **extra} for row, extra in zip(rows, extras, strict=True)]
+        predictions += rows
     record["metrics"].update(task.metric_summary(record["metrics"]))
     if eval_sets:
         eval_s = time.perf_counter() - eval_started
@@ -187,7 +223,7 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
 
 
 def _training(cfg) -> bool:
-    return cfg.trainer.do_train and not cfg.trainer.dry_run
+    return cfg.trainer.do_train and not cfg.trainer.dry_run and not _evaluation_only(cfg)
 
 
 def _evaluating(cfg) -> bool:
@@ -200,21 +236,14 @@ def _train(cfg, run_dir, backbone, formulation, examples, record, console, task)
     from peftrun.train import (
         ConsoleProgress,
         LogBeforeSave,
-        PeftrunTrainer,
         StopOnSignal,
         last_checkpoint,
         mean_logged_loss,
         training_arguments,
     )
 
-    if formulation == "text":
-        dataset, collator = _text_training_data(cfg, backbone, examples, record)
-        trainer_class, extra = PeftrunTrainer, {}
-    else:
-        from peftrun.heads import HeadTrainer
-
-        dataset, collator = _head_training_data(cfg, backbone, formulation, examples, record)
-        trainer_class, extra = HeadTrainer, {"head": formulation}
+    dataset, collator = formulation.training_data(backbone, examples, record)
+    trainer_class, extra = formulation.trainer()
     if task.name == "mixture":
         from peftrun.instruction.training import mixture_trainer
 
@@ -253,66 +282,9 @@ def _train(cfg, run_dir, backbone, formulation, examples, record, console, task)
     return summary, round(train_s, 3), round(tokens_per_s, 1)
 
 
-def _text_training_data(cfg, backbone, examples, record):
-    """(dataset, collator) of the text formulation: source + target token ids (peftrun/data.py)."""
-    from peftrun.data import PaddingCollator, TokenizedDataset, tokenize_examples
-
-    tok = tokenize_examples(examples, backbone.tokenizer, backbone.kind, cfg.task.max_source_length,
-                            cfg.task.max_target_length, cfg.paths.cache_dir)
-    record["data"][cfg.task.train_split] = {
-        "examples": len(tok), "truncated_sources": tok.truncated_sources, "truncated_targets": tok.truncated_targets,
-    }
-    collator = PaddingCollator(
-        pad_token_id=backbone.tokenizer.pad_token_id, kind=backbone.kind,
-        decoder_start_token_id=getattr(backbone.model.config, "decoder_start_token_id", None),
-    )
-    return TokenizedDataset(tok, backbone.kind), collator
-
-
-def _head_training_data(cfg, backbone, head, examples, record):
-    """(dataset, collator) of a head formulation (peftrun/head_data.py); examples without a gold label are left
-    out (ReCoRD queries whose answer is no passage entity) and counted."""
-    from peftrun.head_data import HeadCollator, HeadDataset, encode_head_examples
-
-    data = encode_head_examples(examples, backbone.tokenizer, head, cfg.task.max_source_length, cfg.paths.cache_dir)
-    dataset = HeadDataset(data, head)
-    record["data"][cfg.task.train_split] = {"examples": len(dataset), "truncated_sources": data.truncated,
-                                            "unlabelled": len(data) - len(dataset)}
-    if not len(dataset):
-        raise PeftrunError(f"task {cfg.task.name!r}: none of the {len(data)} {cfg.task.train_split} examples has a "
-                           "gold label for the head; check task.train_split and the data")
-    return dataset, HeadCollator(backbone.tokenizer.pad_token_id, head)
-
-
 def _last_loss(history: list[dict[str, Any]]) -> float | None:
     losses = [entry["loss"] for entry in history if "loss" in entry]
     return losses[-1] if losses else None
-
-
-def _generate(cfg, backbone, examples, split, record, console) -> list[str]:
-    """The text formulation's predictions: generated texts."""
-    from peftrun.data import tokenize_examples
-    from peftrun.generate import generate_texts
-
-    prompts = tokenize_examples(examples, backbone.tokenizer, backbone.kind, cfg.task.max_source_length,
-                                cfg.task.max_target_length, cfg.paths.cache_dir, with_target=False)
-    record["data"][split] = {"examples": len(prompts), "truncated_sources": prompts.truncated_sources}
-    with _eval_progress(split, len(prompts), console) as advance:
-        return generate_texts(backbone.model, backbone.tokenizer, backbone.kind, prompts.input_ids,
-                              cfg.task.generation, on_batch=advance)
-
-
-def _classify(cfg, backbone, task, head, examples, split, record, console) -> list[str]:
-    """A head formulation's predictions as label strings (batches of task.generation.batch_size examples)."""
-    from peftrun.head_data import encode_head_examples
-    from peftrun.heads import label_strings, predict
-
-    data = encode_head_examples(examples, backbone.tokenizer, head, cfg.task.max_source_length, cfg.paths.cache_dir)
-    record["data"][split] = {"examples": len(data), "truncated_sources": data.truncated}
-    with _eval_progress(split, len(data), console) as advance:
-        predicted = predict(backbone.model, data, head, backbone.tokenizer.pad_token_id,
-                            cfg.task.generation.batch_size, on_batch=advance)
-    return label_strings(task, examples, predicted, head)
 
 
 @contextmanager

@@ -3,6 +3,10 @@
     text   generate the target (peftrun/data.py, peftrun/generate.py): needs a decoder or encoder-decoder
     head   the task's head (Task.head: classification | candidates | token; peftrun/heads.py): needs a family
            whose `Family.kinds` has the backbone head it maps to (BACKBONE_HEAD)
+    rank   (task.formulation=rank) score each answer option by its log-likelihood on the LM head, pick the best
+           (peftrun/formulations/rank.py): needs a task with options (labels or candidates) and a decoder or
+           encoder-decoder
+The formulation objects behind one protocol live in peftrun/formulations/.
 `Task.formulation` picks from task.formulation and the backbone kind (auto = the head for encoders).
 Import-light (no torch): run_experiment calls this among its first checks.
 """
@@ -18,14 +22,17 @@ BACKBONE_HEAD = {"classification": "classification", "candidates": "classificati
 _DOES = {"classification": "classifies text pairs", "candidates": "scores candidates", "token": "tags tokens"}
 
 
+RANK = "rank"  # task.formulation value handled here (Task.formulation knows auto | text | head)
+
+
 def backbone_head(formulation: str) -> str:
-    """The `load_backbone` head for a formulation: "lm" for text, else the head's backbone head."""
-    return "lm" if formulation == "text" else BACKBONE_HEAD[formulation]
+    """The `load_backbone` head for a formulation: "lm" for text and rank, else the head's backbone head."""
+    return "lm" if formulation in ("text", RANK) else BACKBONE_HEAD[formulation]
 
 
 def num_outputs(task: Any, formulation: str) -> int | None:
-    """`num_labels` of the backbone head: one logit per label, one score per candidate; None for text."""
-    if formulation == "text":
+    """`num_labels` of the backbone head: one logit per label, one score per candidate; None for text / rank."""
+    if formulation in ("text", RANK):
         return None
     return 1 if formulation == "candidates" else len(task.label_names)
 
@@ -37,6 +44,15 @@ def resolve_formulation(task: Any, backbone_cfg: Any, kind: str) -> str:
     """
     from peftrun.backbones.families import FAMILIES, get_family
 
+    if task.cfg.formulation == RANK:
+        if kind == "encoder":
+            raise PeftrunError(f"task.formulation=rank scores options with an LM head, which backbone "
+                               f"{backbone_cfg.name!r} (an encoder) has not; use a decoder or encoder-decoder "
+                               "backbone (e.g. backbone=tiny-gpt2), or task.formulation=auto")
+        if task.head not in ("classification", "candidates"):
+            raise PeftrunError(f"task.formulation=rank needs a task with answer options (labels or candidates); "
+                               f"task {task.name!r} has none: use task.formulation=text")
+        return RANK
     if task.head is None and kind == "encoder":
         raise PeftrunError(
             f"task {task.name!r} generates text but backbone {backbone_cfg.name!r} is an encoder "

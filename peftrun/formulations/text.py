@@ -1,0 +1,102 @@
+"""The text formulation: generate the target (peftrun/data.py layouts, peftrun/generate.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peftrun.formulations import Prompting
+
+
+class TextFormulation:
+    """Text-to-text on a decoder or encoder-decoder's LM head; with a prompt config, the prompts of
+    peftrun/prompting/ (training: the template only; evaluation: template + demonstrations)."""
+
+    name = "text"
+    backbone_head = "lm"
+    trains_new_head = False
+
+    def __init__(self, cfg: Any, task: Any, prompting: Prompting | None) -> None:
+        self.cfg, self.task, self.prompting = cfg, task, prompting
+
+    def num_labels(self) -> None:
+        return None
+
+    def training_data(self, backbone: Any, examples: list[Any], record: dict[str, Any]) -> tuple[Any, Any]:
+        """(dataset, collator): source + target token ids, target-only labels."""
+        from peftrun.data import PaddingCollator, TokenizedDataset, tokenize_examples
+
+        cfg = self.cfg
+        if self.prompting is not None:
+            examples = self.prompting.builder.render_training(examples)
+        tok = tokenize_examples(examples, backbone.tokenizer, backbone.kind, cfg.task.max_source_length,
+                                cfg.task.max_target_length, cfg.paths.cache_dir)
+        record["data"][cfg.task.train_split] = {
+            "examples": len(tok), "truncated_sources": tok.truncated_sources,
+            "truncated_targets": tok.truncated_targets,
+        }
+        collator = PaddingCollator(
+            pad_token_id=backbone.tokenizer.pad_token_id, kind=backbone.kind,
+            decoder_start_token_id=getattr(backbone.model.config, "decoder_start_token_id", None),
+        )
+        return TokenizedDataset(tok, backbone.kind), collator
+
+    def trainer(self) -> tuple[type, dict[str, Any]]:
+        from peftrun.train import PeftrunTrainer
+
+        return PeftrunTrainer, {}
+
+    def predict(self, backbone: Any, examples: list[Any], split: str, record: dict[str, Any],
+                progress: Any) -> tuple[list[str], list[dict[str, Any]] | None]:
+        """Generated texts; with a prompt whose template has options, a text naming an option becomes that
+        option's label string (what task.score reads)."""
+        from peftrun.data import tokenize_examples
+        from peftrun.generate import generate_texts
+
+        cfg = self.cfg
+        if self.prompting is None:
+            prompts = tokenize_examples(examples, backbone.tokenizer, backbone.kind, cfg.task.max_source_length,
+                                        cfg.task.max_target_length, cfg.paths.cache_dir, with_target=False)
+            record["data"][split] = {"examples": len(prompts), "truncated_sources": prompts.truncated_sources}
+            with progress(split, len(prompts)) as advance:
+                return generate_texts(backbone.model, backbone.tokenizer, backbone.kind, prompts.input_ids,
+                                      cfg.task.generation, on_batch=advance), None
+        prompted, ids = build_prompted(cfg, self.prompting, backbone, examples, split, record)
+        with progress(split, len(ids)) as advance:
+            texts = generate_texts(backbone.model, backbone.tokenizer, backbone.kind, ids, cfg.task.generation,
+                                   on_batch=advance)
+        return [option_label(self.task, p, text) for p, text in zip(prompted, texts, strict=True)], \
+            [{"demonstrations": p.demonstrations} for p in prompted]
+
+
+def build_prompted(cfg: Any, prompting: Prompting, backbone: Any, examples: list[Any], split: str,
+                   record: dict[str, Any]) -> tuple[list[Any], list[list[int]]]:
+    """Each example's Prompted (peftrun/prompting/build.py) and its context ids; fills record["data"][split]."""
+    from peftrun.prompting.build import prompt_summary
+    from peftrun.prompting.layout import prompt_ids
+
+    tok, kind, natural, sep = backbone.tokenizer, backbone.kind, prompting.natural, cfg.prompt.answer_separator
+    budget = cfg.task.max_source_length
+    if cfg.prompt.max_tokens is not None:
+        budget = min(budget, cfg.prompt.max_tokens)
+
+    def count(text: str) -> int:
+        return len(prompt_ids(tok, kind, text, natural, sep))
+
+    prompted = prompting.builder.build(examples, prompting.pool, count, budget, cfg.paths.cache_dir)
+    ids = [prompt_ids(tok, kind, p.prompt, natural, sep) for p in prompted]
+    record["data"][split] = {"examples": len(ids), "truncated_sources": 0, **prompt_summary(prompted)}
+    return prompted, ids
+
+
+def option_label(task: Any, prompted: Any, text: str) -> str:
+    """The label string of the option `text` names (normalised match), else `text` unchanged."""
+    from peftrun.heads import label_strings
+    from peftrun.tasks.superglue import normalize_label
+
+    if not prompted.options or task.head not in ("classification", "candidates"):
+        return text
+    names = [normalize_label(o) for o in prompted.options]
+    key = normalize_label(text)
+    if key not in names:
+        return text
+    return label_strings(task, [prompted.example], [names.index(key)], task.head)[0]

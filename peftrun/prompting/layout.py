@@ -1,0 +1,47 @@
+"""Token ids of a prompt and of an answer, in one of two layouts.
+
+- trained (no prompt config, or a run that trains): the layout of peftrun/data.py, so a tuned model is scored
+  as it was trained: decoder prompt = tokens(text)[:max_source_length - 1] + [EOS], answer = tokens(answer) + [EOS];
+  encoder-decoder: tokenizer(text) / tokenizer(text_target=answer) with their special tokens.
+- natural (prompting a frozen model: method=icl with a prompt config): what a pretrained LM reads. Decoder:
+  tokenizer(prompt + answer_separator without its trailing spaces) with the tokenizer's own specials (BOS), and the
+  answer tokenised with a leading space when the separator ends with one (BPE words carry their space); no EOS.
+  Encoder-decoder: as trained.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def prompt_ids(tokenizer: Any, kind: str, text: str, natural: bool, separator: str = " ",
+               max_length: int | None = None) -> list[int]:
+    """The context ids; `max_length` cuts like peftrun/data.py (None: no cut)."""
+    if kind == "decoder":
+        if natural:
+            return tokenizer(text + separator.rstrip(" "))["input_ids"]
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if max_length is not None:
+            ids = ids[: max_length - 1]
+        return ids + [tokenizer.eos_token_id]
+    ids = tokenizer(text)["input_ids"]
+    if max_length is not None and len(ids) > max_length:
+        ids = ids[: max_length - 1] + [ids[-1]]
+    return ids
+
+
+def answer_ids(tokenizer: Any, kind: str, text: str, natural: bool, separator: str = " ",
+               max_length: int | None = None) -> list[int]:
+    """The ids of an answer after its prompt (the tokens rank classification scores)."""
+    if kind == "decoder":
+        if natural:
+            lead = " " if separator.endswith(" ") else ""
+            return tokenizer(lead + text, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if max_length is not None:
+            ids = ids[: max_length - 1]
+        return ids + [tokenizer.eos_token_id]
+    ids = tokenizer(text_target=text)["input_ids"]
+    if max_length is not None and len(ids) > max_length:
+        ids = ids[: max_length - 1] + [ids[-1]]
+    return ids
