@@ -55,6 +55,9 @@ class MethodConfig:
     # a run directory (or its adapter/) whose saved prompt starts this method's prompt (prompt transfer,
     # multi-task P-tuning v2's per-task continuation; peftrun/instruction/transfer.py); null = fresh
     init_from: str | None = None
+    # training examples also get the prompt group's retrieved demonstrations (instruction prompt tuning, method=ipt;
+    # peftrun/instruction/ipt.py); needs a prompt with k >= 1
+    train_with_demonstrations: bool = False
     deltas: list[Any] = field(default_factory=list)  # [{kind: lora, ...}, ...]
 
 

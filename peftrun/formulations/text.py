@@ -26,7 +26,11 @@ class TextFormulation:
         from peftrun.data import PaddingCollator, TokenizedDataset, tokenize_examples
 
         cfg = self.cfg
-        if self.prompting is not None:
+        if self.prompting is not None and cfg.method.train_with_demonstrations:  # IPT: demonstrations too
+            from peftrun.instruction.ipt import demonstrated_training_examples
+
+            examples = demonstrated_training_examples(cfg, self.prompting, backbone, examples, record)
+        elif self.prompting is not None:
             examples = self.prompting.builder.render_training(examples)
         tok = tokenize_examples(examples, backbone.tokenizer, backbone.kind, cfg.task.max_source_length,
                                 cfg.task.max_target_length, cfg.paths.cache_dir)
