@@ -232,3 +232,45 @@ def test_a_mixture_run_resumed_mid_epoch_ends_like_an_uninterrupted_one(tmp_path
     a = load_file(str(tmp_path / "full" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(resumed_dir / "adapter" / "adapter_model.safetensors"))
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------------- Super-NI members
+
+
+def test_superni_members_render_definition_and_two_positive_examples() -> None:
+    require_data("instructions", "superni")
+    task = mixture_task(["superni:train"], ["superni:test"], check_leakage="source")
+    assert len(task.train_names) == 35 and len(task.eval_names) == 26  # the shipped subset, official splits
+    assert "superni:task1344_glue_entailment_classification" in task.eval_names
+    member = task.members["superni:task1344_glue_entailment_classification"]
+    assert member.source_dataset == "rte"
+    test = task.load("superni:task1344_glue_entailment_classification/test", grouped=True)
+    assert len(test) == 100
+    first = test[0].source
+    assert first.startswith("Definition: In this task, you're given two sentences.")
+    assert first.count("Positive Example") == 2 and first.rstrip().endswith("Output:")
+    assert "Negative Example" not in first
+    assert test[0].id.startswith("superni:task1344_glue_entailment_classification/task1344-")
+
+
+def test_superni_metrics_follow_its_evaluation_script() -> None:
+    from peftrun.tasks.base import Example
+    from peftrun.tasks.superni import normalize_answer
+
+    assert normalize_answer("  The Answer, is: A! ") == "the answer is a"  # articles kept (unlike SQuAD)
+    task = mixture_task(["superni:task1146_country_capital"], ["superni:task1344_glue_entailment_classification"],
+                        check_leakage="source")
+    member = task.members["superni:task1344_glue_entailment_classification"]
+    examples = [Example("a", "x", "A", ("A", "B"), None), Example("b", "y", "the cat sat", ("the cat sat",), None)]
+    scores = member.score(["b.", "cat sat"], examples)
+    assert scores["exact_match"] == 50.0  # "b." matches the second reference "B"
+    assert scores["rougeL"] == pytest.approx(100 * (1.0 + 2 * (2 / 2) * (2 / 3) / (2 / 2 + 2 / 3)) / 2)
+
+
+def test_superni_leakage_by_source_and_flan_cluster() -> None:
+    require_data("instructions", "superni")
+    with pytest.raises(PeftrunError, match="share the source dataset 'rte'"):
+        mixture_task(["rte"], ["superni:task1344_glue_entailment_classification"])
+    with pytest.raises(PeftrunError, match="share the FLAN cluster 'paraphrase'"):
+        mixture_task(["superni:train"], ["superni:test"])  # STS-B (train) and QQP (test): FLAN's paraphrase cluster
+    mixture_task(["superni:train"], ["superni:test"], check_leakage="source")  # Super-NI's protocol: by task
