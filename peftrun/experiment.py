@@ -199,7 +199,7 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
     from peftrun.instruction.multitask_head import restrict_to_member
 
     for split, examples in eval_sets.items():
-        with restrict_to_member(backbone.model, task, split):  # a mixture's head: this task's columns
+        with restrict_to_member(backbone.model, task, split, formulation.name):  # a mixture's head: this task's columns
             texts, extras = formulation.predict(backbone, examples, split, record,
                                                 lambda name, total: _eval_progress(name, total, console))
         record["metrics"][split] = task.score(texts, examples)

@@ -4,6 +4,7 @@ FLAN instruction templates; prompt transfer (method.init_from) is in tests/test_
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -274,3 +275,19 @@ def test_superni_leakage_by_source_and_flan_cluster() -> None:
     with pytest.raises(PeftrunError, match="share the FLAN cluster 'paraphrase'"):
         mixture_task(["superni:train"], ["superni:test"])  # STS-B (train) and QQP (test): FLAN's paraphrase cluster
     mixture_task(["superni:train"], ["superni:test"], check_leakage="source")  # Super-NI's protocol: by task
+
+
+def test_held_out_members_by_rank_classification_over_flan_options(tmp_path: Path) -> None:
+    """FLAN's zero-shot protocol for classification: the option with the highest log-likelihood is the answer."""
+    record = run(tmp_path, "backbone=tiny-gpt2", "task=mixture", "task.data_dir=builtin", "task.formulation=rank",
+                 "task.mixture.train=[xsum]", "task.mixture.eval=[rte,copa]", "task.mixture.templates=flan",
+                 "task.mixture.template_eval=round_robin", "trainer.max_steps=1", *FAST)
+    assert record["metrics"]["rte/validation"]["invalid"] == 0.0  # always one of the options
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    for row in rows:
+        best = max(range(len(row["options"])), key=lambda i: row["scores"]["sum"][i])
+        assert row["prediction"] == row["options"][best]
+    assert {tuple(r["options"]) for r in rows if r["split"] == "rte/validation"} == {("yes", "no")}
+    with pytest.raises(PeftrunError, match="xsum has none"):
+        run(tmp_path / "bad", "backbone=tiny-gpt2", "task=mixture", "task.data_dir=builtin", "task.formulation=rank",
+            "task.mixture.train=[rte]", "task.mixture.eval=[xsum]", *FAST)

@@ -56,10 +56,10 @@ class MultiTaskHeadTrainer(HeadTrainer):
 
 
 @contextmanager
-def restrict_to_member(model: nn.Module, task: Any, split: str) -> Iterator[None]:
-    """While evaluating a mixture split on a head, logits outside that member's columns are -inf (no-op for
-    single tasks and text formulations)."""
-    if getattr(task, "name", "") != "mixture" or task.head is None:
+def restrict_to_member(model: nn.Module, task: Any, split: str, formulation: str) -> Iterator[None]:
+    """While evaluating a mixture split on its classification head, logits outside that member's columns are -inf
+    (no-op for single tasks and other formulations)."""
+    if getattr(task, "name", "") != "mixture" or not task.multitask_head or formulation != "classification":
         yield
         return
     name, _ = task.member_of(split)

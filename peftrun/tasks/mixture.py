@@ -88,8 +88,8 @@ class MixtureTask(Task):
         from peftrun.instruction.flan import check_leakage
 
         check_leakage(self.train_names, self.eval_names, data_dir, self.sources(), mix.check_leakage)
-        self._set_head()
         self._set_templates(data_dir)
+        self._set_head()
         self.groups: list[int] = []  # member index (in train_names) of each training example of the last load
 
     def sources(self) -> dict[str, str]:
@@ -106,8 +106,6 @@ class MixtureTask(Task):
                                f"known: {', '.join(TEMPLATE_SOURCES)} / {', '.join(TEMPLATE_EVAL)}")
         self.templates = {}
         if mix.templates != "none":
-            if self.head is not None and self.cfg.formulation != "text":
-                self.head = None  # instructions are text: rendered members generate (or rank) their answers
             self.templates = {name: member_templates(mix.templates, name, data_dir) for name in self.members}
 
     def _render(self, name: str, examples: list[Example], template_id: str | None = None) -> list[Example]:
@@ -142,17 +140,35 @@ class MixtureTask(Task):
             summary[split] = out
         return summary
 
-    # -- head: one block of label columns per member ---------------------------------------------------------
+    # -- head: one block of label columns per member; or rank classification over each example's options -------
     def _set_head(self) -> None:
+        """head "classification" (one column block per member) when every member classifies and no template
+        rewrites them; with task.formulation=rank, "candidates": every evaluated example carries its options as
+        meta["entities"], which peftrun/formulations/rank.py scores (the option text is the prediction)."""
         heads = {t.head for t in self.members.values()}
-        self.head = "classification" if heads == {"classification"} else None
+        self.multitask_head = heads == {"classification"} and not self.templates
         self.offsets: dict[str, int] = {}
         names: list[str] = []
-        if self.head is not None:
+        if self.multitask_head:
             for name, member in self.members.items():
                 self.offsets[name] = len(names)
                 names += list(member.label_names)
         self.label_names = tuple(names)
+        self.head = "classification" if self.multitask_head else None
+        if self.cfg.formulation == "rank":
+            plain = [n for n in self.eval_names if self.members[n].head not in ("classification", "candidates")]
+            if plain:
+                raise PeftrunError(f"task.formulation=rank needs evaluation members with answer options; "
+                                   f"{', '.join(plain)} has none (evaluate it with task.formulation=text)")
+            self.head = "candidates"
+
+    def _options(self, name: str, ex: Example) -> list[str]:
+        """An evaluated example's answer options for rank classification: the template's, ReCoRD's entities,
+        COPA's choices, else the member's verbalizers."""
+        meta = ex.meta or {}
+        member = self.members[name]
+        return list(meta.get("options") or meta.get("entities") or meta.get("candidates")
+                    or getattr(member, "verbalizers", None) or member.label_names)
 
     def label_columns(self, name: str) -> range:
         """The classifier columns of member `name` (head formulation)."""
@@ -187,6 +203,8 @@ class MixtureTask(Task):
             return self.load_train()
         name, member_split, template = self._parse(split)
         examples = self._render(name, self.members[name].load(member_split, grouped), template)
+        if self.head == "candidates":  # rank classification: options as entities (see _set_head)
+            examples = [replace(ex, meta={**(ex.meta or {}), "entities": self._options(name, ex)}) for ex in examples]
         return [self._tag(name, ex) for ex in examples]
 
     def load_train(self) -> list[Example]:
@@ -206,7 +224,7 @@ class MixtureTask(Task):
     def _tag(self, name: str, ex: Example) -> Example:
         meta = dict(ex.meta or {})
         meta["task"] = name
-        if self.head is not None and "label" in meta:
+        if self.multitask_head and "label" in meta:
             meta["member_label"] = meta["label"]
             meta["label"] = self.offsets[name] + int(meta["label"])
         return replace(ex, id=f"{name}{SEPARATOR}{ex.id}", meta=meta)
