@@ -43,7 +43,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, overrides: list[str], c
     from peftrun.backbones import anatomy_for, load_backbone
     from peftrun.formulation import resolve_formulation
     from peftrun.formulations import build_formulation
-    from peftrun.instruction.ipt import check_ipt
+    from peftrun.instruction.ipt import check_prompt_use
     from peftrun.lengths import check_input_lengths
     from peftrun.tasks.base import build_task
 
@@ -51,7 +51,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, overrides: list[str], c
     started = time.perf_counter()
     anatomy = anatomy_for(cfg.backbone.family)
     task = build_task(cfg.task, cfg.paths.data_dir)
-    check_ipt(cfg)  # IPT needs demonstrations; a mixture takes none (peftrun/instruction/ipt.py)
+    check_prompt_use(cfg)  # IPT needs demonstrations; a mixture takes none (peftrun/instruction/ipt.py)
     name = resolve_formulation(task, cfg.backbone, anatomy.kind)  # "text", "rank" or the task's head
     lengths_checked = check_input_lengths(cfg, anatomy.kind, _length_layout(name))  # config.json only, no weights
     formulation = build_formulation(name, cfg, task, _prompting(cfg, task))

@@ -54,7 +54,7 @@ def test_ipt_run_trains_only_the_soft_prompt_on_demonstrated_prompts(tmp_path: P
     (["method=ipt", "task=synthetic"], "trains with retrieved demonstrations"),
     (["method=ipt", "prompt=fewshot", "prompt.k=0", "task=synthetic"], "trains with retrieved demonstrations"),
     (["task=mixture", "task.data_dir=builtin", "task.mixture.train=[xsum]", "task.mixture.eval=[rte]",
-      "prompt=fewshot"], "task=mixture with prompt.k > 0"),
+      "prompt=fewshot"], "task=mixture renders its members itself"),
 ])
 def test_bad_ipt_configs_fail_before_any_model_loads(tmp_path: Path, overrides, message) -> None:
     from peftrun.experiment import run_experiment

@@ -16,13 +16,15 @@ from typing import Any
 from peftrun.errors import PeftrunError
 
 
-def check_ipt(cfg: Any) -> None:
-    """method.train_with_demonstrations needs demonstrations to train with; a mixture's demonstrations would come
-    from other tasks' training data. One error line each (cheap: config only)."""
+def check_prompt_use(cfg: Any) -> None:
+    """method.train_with_demonstrations needs demonstrations to train with; a mixture builds its members' prompts
+    itself (task.mixture.templates; a prompt config's demonstrations would come from other members' training
+    data). One error line each (cheap: config only)."""
     prompt = cfg.get("prompt")
-    if cfg.task.name == "mixture" and prompt is not None and prompt.k > 0:
-        raise PeftrunError("task=mixture with prompt.k > 0: demonstrations would be drawn from the other members' "
-                           "training data; k-shot evaluation of held-out members is not supported yet (prompt.k=0)")
+    if cfg.task.name == "mixture" and prompt is not None:
+        raise PeftrunError("task=mixture renders its members itself (task.mixture.templates=flan) and takes no "
+                           "prompt config; use prompt=none (k-shot evaluation of held-out members is not supported "
+                           "yet)")
     if not cfg.method.train_with_demonstrations:
         return
     if prompt is None or prompt.k < 1:
