@@ -116,8 +116,6 @@ def rank_pool(retriever: str, queries: list[str], query_keys: list[str], pool: l
 
 
 def _dense_rank(queries: list[str], pool: list[str], k: int, banned: list[set[int]], encoder: str) -> list[list[int]]:
-    import torch
-
     model_dir = Path(encoder).expanduser()
     if not (model_dir / "config.json").is_file():
         raise PeftrunError(f"prompt.encoder={encoder!r} holds no sentence encoder (config.json); fetch MiniLM with "
@@ -125,7 +123,6 @@ def _dense_rank(queries: list[str], pool: list[str], k: int, banned: list[set[in
     pool_vectors = embed(pool, model_dir)
     query_vectors = embed(queries, model_dir)
     sims = (query_vectors @ pool_vectors.T).tolist()
-    del torch
     return [_top(row, k, ban, len(pool)) for row, ban in zip(sims, banned, strict=True)]
 
 
