@@ -212,3 +212,15 @@ def test_dense_retriever_ranks_by_minilm_cosine(tmp_path: Path) -> None:
     ranked = rank_pool("dense", ["Stocks lost value this morning."], ["q"], pool, ["0", "1", "2"], 3, 0, [],
                        str(encoder), str(tmp_path))
     assert ranked[0][-1] == 1 and set(ranked[0]) == {0, 1, 2}  # the cake is least similar
+
+
+def test_generated_option_text_becomes_the_label_the_task_scores() -> None:
+    require_data("instructions")
+    from peftrun.formulations.text import option_label
+
+    sg = task("rte")
+    builder = PromptBuilder(prompt_cfg(source="flan", template="0"), sg, str(DATA_DIR))
+    built = builder.build(sg.load("validation", grouped=True)[:1], [], words, 10_000, None)[0]
+    assert built.options == ["yes", "no"]
+    assert [option_label(sg, built, t) for t in (" No.", "yes", "perhaps")] == ["not_entailment", "entailment",
+                                                                                 "perhaps"]
