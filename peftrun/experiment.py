@@ -131,6 +131,10 @@ def _prompting(cfg, task):
 
     builder = PromptBuilder(cfg.prompt, task, cfg.paths.data_dir)
     pool = builder.pool(task.load(cfg.task.train_split, grouped=False)) if cfg.prompt.k > 0 else []
+    if _evaluating(cfg):
+        budget = min(cfg.task.max_source_length, cfg.prompt.max_tokens or cfg.task.max_source_length)
+        for split in cfg.task.eval_splits:
+            builder.precheck(task.load(split, grouped=True)[: cfg.task.max_eval_examples], budget)
     return Prompting(builder, pool, natural=_evaluation_only(cfg))
 
 

@@ -150,6 +150,20 @@ class PromptBuilder:
             out.append(replace(ex, source=prompt, target=target))
         return out
 
+    def precheck(self, queries: list[Example], budget: int) -> None:
+        """Fail before any model loads when a query alone cannot fit the budget: every whitespace-separated word is
+        at least one token for the BPE, WordPiece and SentencePiece tokenizers here, so words are a lower bound
+        (`build` checks the exact token count)."""
+        for i, query in enumerate(queries):
+            fields = example_fields(self.task.name, query)
+            prompt = self.query_text(self.template_for(i, fields), fields)[0]
+            text = self.cfg.example_separator.join(([self.cfg.instruction] if self.cfg.instruction else []) + [prompt])
+            if len(text.split()) > budget:
+                raise PeftrunError(f"the prompt budget ({budget} tokens: prompt.max_tokens / task.max_source_length) "
+                                   f"is too small for query {query.id!r} alone (at least {len(text.split())} tokens "
+                                   "with the template and instruction); raise prompt.max_tokens and "
+                                   "task.max_source_length")
+
     def build(self, queries: list[Example], pool: list[Example], count_tokens: Callable[[str], int], budget: int,
               cache_dir: str | None) -> list[Prompted]:
         """Each query's prompt (see module docstring)."""
