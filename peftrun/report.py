@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from peftrun.errors import PeftrunError
-from peftrun.records import RECORD_NAME, atomic_write_text
+from peftrun.io import atomic_write_text
+from peftrun.records import RECORD_NAME
 
 BYTES_PER_PARAM = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 RESULT_STATUSES = ("complete", "dry_run")  # rows of the table; every other status is listed as a failure
