@@ -78,13 +78,19 @@ def read_pairs(path: Path, task: str = "summarization") -> tuple[list[tuple[str,
     rows: list[Any]
     if path.suffix == ".csv":
         rows, bad = read_csv_rows(path, task, dict_rows=True), 0
+        header = set(rows[0]) if rows else set()
+        if not header & set(DOCUMENT_FIELDS) or not header & set(SUMMARY_FIELDS):
+            raise DataFileError(task, path, f"has columns {sorted(str(h) for h in header)[:6]}, expected a document "
+                                f"({' | '.join(DOCUMENT_FIELDS)}) and a summary ({' | '.join(SUMMARY_FIELDS)}) column", 1)
     elif read_text(path, task).lstrip().startswith("["):
         rows, bad = read_json(path, task, list, "a JSON list of objects"), 0
     else:
         rows, bad = read_json_lines(path, task)
     objects = [r for r in rows if isinstance(r, dict)]
-    if not objects:
-        raise DataFileError(task, path, f"has no document/summary objects ({len(rows) + bad} rows, none an object)",
+    keys = {k for r in objects for k in r}
+    if not objects or not keys & set(DOCUMENT_FIELDS) or not keys & set(SUMMARY_FIELDS):
+        found = "none an object" if not objects else f"fields {sorted(str(k) for k in keys)[:6]}"
+        raise DataFileError(task, path, f"has no document/summary rows ({len(rows) + bad} rows, {found})",
                             fix=f"give rows with a document field ({' | '.join(DOCUMENT_FIELDS)}) and a summary "
                                 f"field ({' | '.join(SUMMARY_FIELDS)})")
     return [(_field(r, DOCUMENT_FIELDS), _field(r, SUMMARY_FIELDS)) for r in objects], bad + len(rows) - len(objects)
