@@ -253,3 +253,15 @@ def _umask() -> int:
     from peftrun.io import current_umask
 
     return current_umask()
+
+
+def test_corrupt_tiny_tokenizer_cache_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from peftrun.backbones.tokenizer import load_tiny_tokenizer, tiny_tokenizer_dir
+
+    ids = load_tiny_tokenizer("gpt2", str(tmp_path))("hello world")["input_ids"]
+    entry = tiny_tokenizer_dir("gpt2", str(tmp_path)) / "tokenizer.json"
+    entry.write_text('{"truncated')
+    with caplog.at_level(logging.WARNING):
+        assert load_tiny_tokenizer("gpt2", str(tmp_path))("hello world")["input_ids"] == ids
+    assert str(entry.parent) in caplog.text and "rebuilding" in caplog.text
+    json.loads(entry.read_text())  # the entry was rewritten whole
