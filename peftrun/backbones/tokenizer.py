@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from peftrun.backbones.corpus import corpus_text
 from peftrun.errors import PeftrunError, first_line
+from peftrun.io import current_umask
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -190,6 +191,7 @@ def load_tiny_tokenizer(style: str, cache_dir: str, vocab_size: int = TINY_VOCAB
         try:
             tokenizer.save_pretrained(str(tmp))
             (tmp / "peftrun_recipe.json").write_text(json.dumps(_recipe(style, vocab_size), indent=2) + "\n")
+            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp gives 0700; a shared cache follows the umask
             os.rename(tmp, final)
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
