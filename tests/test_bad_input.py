@@ -265,3 +265,17 @@ def test_corrupt_tiny_tokenizer_cache_is_rebuilt(tmp_path: Path, caplog: pytest.
         assert load_tiny_tokenizer("gpt2", str(tmp_path))("hello world")["input_ids"] == ids
     assert str(entry.parent) in caplog.text and "rebuilding" in caplog.text
     json.loads(entry.read_text())  # the entry was rewritten whole
+
+
+def test_corrupt_run_record_is_one_error_naming_it(tmp_path: Path) -> None:
+    from peftrun.records import read_record
+
+    (tmp_path / "results.json").write_bytes(b'{"status": "compl')
+    with pytest.raises(PeftrunError, match=rf"{tmp_path / 'results.json'} is not a readable run record"):
+        read_record(tmp_path)
+    (tmp_path / "results.json").write_bytes(b"\xff\xfe")
+    with pytest.raises(PeftrunError, match="not a readable run record"):
+        read_record(tmp_path)
+    (tmp_path / "results.json").write_text("[1]")
+    with pytest.raises(PeftrunError, match="not a run record"):
+        read_record(tmp_path)
