@@ -32,7 +32,8 @@ def cache_path(cache_dir: str | None, name: str) -> Path | None:
 
 
 def save_lists(path: Path, fields: dict[str, Sequence[Sequence[int]]], meta: dict[str, Any]) -> None:
-    """Write `fields` (name -> list of int lists) and `meta` (JSON-able) to `path`, atomically."""
+    """Write `fields` (name -> list of int lists) and `meta` (JSON-able) to `path`, atomically; a failed write is
+    a warning (the caller has the data in memory)."""
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {}
@@ -40,7 +41,11 @@ def save_lists(path: Path, fields: dict[str, Sequence[Sequence[int]]], meta: dic
         tensors[f"{name}.lengths"] = torch.tensor([len(r) for r in rows], dtype=torch.int64)
         tensors[f"{name}.values"] = torch.tensor([x for r in rows for x in r], dtype=torch.int64)
     header = {"format": FORMAT, "meta": json.dumps(meta)}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    try:
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=header))
+    except OSError as err:  # a full or read-only cache costs the reuse, not the run
+        log.warning("could not write tokenisation cache entry %s (%s); continuing without it", path,
+                    err.strerror or first_line(err))
 
 
 def load_cached(path: Path | None, names: Sequence[str], decode: Callable[[dict[str, list[list[int]]], dict], T]) -> T | None:
