@@ -279,3 +279,22 @@ def test_corrupt_run_record_is_one_error_naming_it(tmp_path: Path) -> None:
     (tmp_path / "results.json").write_text("[1]")
     with pytest.raises(PeftrunError, match="not a run record"):
         read_record(tmp_path)
+
+
+def test_full_cache_disk_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import peftrun.token_cache
+    from peftrun.data import tokenize_examples
+
+    fresh = tokenize_examples(_examples(), _WordTokenizer(), "decoder", 8, 8)
+
+    def full(path, write):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(peftrun.token_cache, "atomic_write", full)
+    with caplog.at_level(logging.WARNING):
+        got = tokenize_examples(_examples(), _WordTokenizer(), "decoder", 8, 8, cache_dir=str(tmp_path))
+    assert got == fresh and "No space left on device" in caplog.text
+    assert not any(p.is_file() for p in tmp_path.rglob("*"))
