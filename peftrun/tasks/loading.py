@@ -71,9 +71,10 @@ def read_text(path: Path, task: str) -> str:
     return text
 
 
-def read_json(path: Path, task: str, shape: type | None = None, what: str = "") -> Any:
-    """The file's JSON value (optionally required to be a `shape`, e.g. list); errors name the line and column."""
-    text = read_text(path, task)
+def read_json(path: Path, task: str, shape: type | None = None, what: str = "", text: str | None = None) -> Any:
+    """The file's JSON value (optionally required to be a `shape`, e.g. list); errors name the line and column.
+    `text`: the file's content when the caller has already read it (`read_text`)."""
+    text = read_text(path, task) if text is None else text
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
@@ -84,10 +85,10 @@ def read_json(path: Path, task: str, shape: type | None = None, what: str = "") 
     return value
 
 
-def read_json_lines(path: Path, task: str) -> tuple[list[Any], int]:
+def read_json_lines(path: Path, task: str, text: str | None = None) -> tuple[list[Any], int]:
     """(parsed values, lines that are not JSON) of a JSON-lines file; blank lines are ignored."""
     values, bad = [], 0
-    for line in read_text(path, task).splitlines():
+    for line in (read_text(path, task) if text is None else text).splitlines():
         if not line.strip():
             continue
         try:

@@ -82,10 +82,10 @@ def read_pairs(path: Path, task: str = "summarization") -> tuple[list[tuple[str,
         if not header & set(DOCUMENT_FIELDS) or not header & set(SUMMARY_FIELDS):
             raise DataFileError(task, path, f"has columns {sorted(str(h) for h in header)[:6]}, expected a document "
                                 f"({' | '.join(DOCUMENT_FIELDS)}) and a summary ({' | '.join(SUMMARY_FIELDS)}) column", 1)
-    elif read_text(path, task).lstrip().startswith("["):
-        rows, bad = read_json(path, task, list, "a JSON list of objects"), 0
+    elif (text := read_text(path, task)).lstrip().startswith("["):
+        rows, bad = read_json(path, task, list, "a JSON list of objects", text=text), 0
     else:
-        rows, bad = read_json_lines(path, task)
+        rows, bad = read_json_lines(path, task, text=text)
     objects = [r for r in rows if isinstance(r, dict)]
     keys = {k for r in objects for k in r}
     if not objects or not keys & set(DOCUMENT_FIELDS) or not keys & set(SUMMARY_FIELDS):
