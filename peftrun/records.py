@@ -1,4 +1,4 @@
-"""The run record (results.json) and predictions.jsonl, written atomically.
+"""The run record (results.json) and predictions.jsonl, written atomically (peftrun/io.py).
 
 results.json schema (version 1):
   schema_version, status ("running" | "complete" | "dry_run" | "failed" | "interrupted": SIGTERM/SIGINT, checkpoint
@@ -16,31 +16,18 @@ results.json schema (version 1):
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from peftrun.errors import PeftrunError, first_line
+from peftrun.io import atomic_write_text
+
 SCHEMA_VERSION = 1
 RECORD_NAME = "results.json"
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temp file in the same folder + os.replace: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_record(run_dir: str | Path, record: dict[str, Any]) -> Path:
@@ -50,10 +37,18 @@ def write_record(run_dir: str | Path, record: dict[str, Any]) -> Path:
 
 
 def read_record(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run record in `run_dir`, None when there is none; a corrupt one is a PeftrunError naming the file."""
     path = Path(run_dir) / RECORD_NAME
     if not path.exists():
         return None
-    return json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PeftrunError(f"{path} is not a readable run record ({first_line(err)}); move it away (or choose "
+                           "another hydra.run.dir) to start this run afresh") from err
+    if not isinstance(record, dict):
+        raise PeftrunError(f"{path} is not a run record (not a JSON object); move it away to start afresh")
+    return record
 
 
 def write_predictions(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
