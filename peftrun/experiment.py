@@ -273,6 +273,7 @@ def _train(cfg, run_dir, backbone, formulation, examples, record, console):
     t0 = time.perf_counter()
     finished = finished_state(resume_from)
     if finished is not None:  # saved at the last step: resuming would train one step too many
+        PHASE["name"] = "evaluation"  # all that is left
         console.print(f"[yellow]training finished at step {finished.global_step}: evaluating {resume_from}")
         load_trainable(trainer.model, resume_from)
         trainer.state = finished
