@@ -9,6 +9,7 @@ classifies, scores candidates or tags tokens (head_data.py, heads.py).
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -126,7 +127,7 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
     from peftrun.lengths import check_input_lengths
 
     set_seed(cfg.trainer.seed)
-    train_examples, eval_sets = data
+    train_examples, eval_sets, select_examples = data
 
     dry_meta = cfg.trainer.dry_run and cfg.backbone.init == "random"
     backbone = load_backbone(cfg.backbone, cfg.paths, head=backbone_head(formulation),
@@ -147,8 +148,9 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
 
     record["timings"]["setup_s"] = round(time.perf_counter() - started, 3)
     if train_examples:
+        evaluate = _selection_evaluator(cfg, backbone, task, formulation, select_examples)
         record["train"], record["timings"]["train_s"], record["timings"]["train_tokens_per_s"] = _train(
-            cfg, run_dir, backbone, formulation, train_examples, record, console
+            cfg, run_dir, backbone, formulation, train_examples, record, console, evaluate
         )
     if not is_main_process():
         return  # rank 0 saves the adapter and evaluates every example; the others are done
@@ -163,10 +165,7 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
     predictions: list[dict[str, Any]] = []
     n_eval = 0
     for split, examples in eval_sets.items():
-        if formulation == "text":
-            texts = _generate(cfg, backbone, examples, split, record, console)
-        else:
-            texts = _classify(cfg, backbone, task, formulation, examples, split, record, console)
+        texts = _predict(cfg, backbone, task, formulation, examples, split, record, console)
         record["metrics"][split] = task.score(texts, examples)
         n_eval += len(examples)
         predictions += [
@@ -185,17 +184,28 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
     console.print(results_table(record))
 
 
-def _load_data(cfg, task) -> tuple[list, dict[str, list]]:
-    """(training examples, {eval split: grouped examples}) as the run will use them, checked (see below)."""
+def _load_data(cfg, task) -> tuple[list, dict[str, list], list]:
+    """(training examples, {eval split: grouped examples}, examples evaluated during training for checkpoint
+    selection) as the run will use them, checked (see below)."""
     train_examples = task.load(cfg.task.train_split, grouped=False) if _training(cfg) else []
     eval_sets = {split: task.load(split, grouped=True) for split in cfg.task.eval_splits} if _evaluating(cfg) else {}
+    selecting = _training(cfg) and cfg.trainer.eval_every > 0
+    select_examples = task.load(cfg.trainer.select_split, grouped=True) if selecting else []
     if cfg.task.max_train_examples is not None:
         train_examples = train_examples[: cfg.task.max_train_examples]
     if cfg.task.max_eval_examples is not None:
         eval_sets = {split: rows[: cfg.task.max_eval_examples] for split, rows in eval_sets.items()}
+        select_examples = select_examples[: cfg.task.max_eval_examples]
     _check_usable_rows(cfg, train_examples, eval_sets)
     _rehearse_scoring(task, eval_sets)
-    return train_examples, eval_sets
+    if selecting:
+        if not select_examples:
+            raise PeftrunError(f"trainer.select_split={cfg.trainer.select_split!r} has no usable example")
+        known = _rehearse_scoring(task, {cfg.trainer.select_split: select_examples})
+        if cfg.trainer.select_metric not in known:
+            raise PeftrunError(f"trainer.select_metric={cfg.trainer.select_metric!r} is not a metric task "
+                               f"{cfg.task.name!r} computes here; known: {', '.join(known)}")
+    return train_examples, eval_sets, select_examples
 
 
 def _check_usable_rows(cfg, train_examples, eval_sets) -> None:
@@ -210,12 +220,15 @@ def _check_usable_rows(cfg, train_examples, eval_sets) -> None:
                            "task.eval_splits and the file's rows)")
 
 
-def _rehearse_scoring(task, eval_sets) -> None:
+def _rehearse_scoring(task, eval_sets) -> list[str]:
     """Score one example of each eval split against its own reference before training, so a metric name that
-    the task does not compute (task.metrics) or a scorer that cannot read the split fails now, not after it."""
+    the task does not compute (task.metrics) or a scorer that cannot read the split fails now, not after it.
+    Returns the metric names the task reported."""
+    names: list[str] = []
     for examples in eval_sets.values():
         first = examples[0]
-        task.score([first.references[0] if first.references else ""], [first])
+        names = list(task.score([first.references[0] if first.references else ""], [first]))
+    return names
 
 
 def _training(cfg) -> bool:
@@ -226,7 +239,27 @@ def _evaluating(cfg) -> bool:
     return cfg.trainer.do_eval and not cfg.trainer.dry_run
 
 
-def _train(cfg, run_dir, backbone, formulation, examples, record, console):
+def _predict(cfg, backbone, task, formulation, examples, split, record, console) -> list[str]:
+    """Prediction strings of one split, scored by task.score: generated texts, or a head's label strings."""
+    if formulation == "text":
+        return _generate(cfg, backbone, examples, split, record, console)
+    return _classify(cfg, backbone, task, formulation, examples, split, record, console)
+
+
+def _selection_evaluator(cfg, backbone, task, formulation, examples):
+    """`evaluate()` -> trainer.select_metric on trainer.select_split for the model as it is (eval_every), or None."""
+    if cfg.trainer.eval_every <= 0:
+        return None
+    quiet = Console(quiet=True)
+
+    def evaluate() -> float:
+        texts = _predict(cfg, backbone, task, formulation, examples, cfg.trainer.select_split, {"data": {}}, quiet)
+        return task.score(texts, examples)[cfg.trainer.select_metric]
+
+    return evaluate
+
+
+def _train(cfg, run_dir, backbone, formulation, examples, record, console, evaluate=None):
     from transformers.trainer_callback import PrinterCallback
 
     from peftrun.train import (
@@ -239,6 +272,7 @@ def _train(cfg, run_dir, backbone, formulation, examples, record, console):
         finished_state,
         load_trainable,
         mean_logged_loss,
+        selection_summary,
         training_arguments,
     )
 
@@ -263,7 +297,7 @@ def _train(cfg, run_dir, backbone, formulation, examples, record, console):
         args=training_arguments(cfg.trainer, checkpoints, True, cfg.logger, str(run_dir)),
         train_dataset=dataset,
         data_collator=collator,
-        callbacks=[progress, stopper, divergence, SaveAtEnd(), LogBeforeSave()],
+        callbacks=[progress, stopper, divergence, *_selection(cfg, evaluate), SaveAtEnd(), LogBeforeSave()],
         anatomy=backbone.anatomy,
         label_smoothing=cfg.trainer.label_smoothing,
         lengths=dataset.lengths,
@@ -286,12 +320,31 @@ def _train(cfg, run_dir, backbone, formulation, examples, record, console):
         raise Interrupted(f"stopped by signal {stopper.received} at step {trainer.state.global_step}; "
                           "checkpoint saved, run the same command again to resume", stopper.received)
     _check_finite(cfg, trainer, divergence)
+    selection = None
+    if evaluate is not None:  # the final evaluation (and the saved adapter) use the selected checkpoint
+        selection = selection_summary(trainer.state, cfg.trainer.select_metric)
+        best = os.path.join(checkpoints, f"checkpoint-{selection['selected_step']}")
+        if selection["selected_step"] is None or not os.path.isdir(best):
+            raise PeftrunError(f"no checkpoint to select: trainer.select_metric={cfg.trainer.select_metric} was never "
+                               f"finite on {cfg.trainer.select_split}, or {best} is gone")
+        load_trainable(trainer.model, best)
+        console.print(f"[green]selected step {selection['selected_step']} ({cfg.trainer.select_metric} "
+                      f"{selection['selected_value']:.4f} on {cfg.trainer.select_split})")
     # from the log history (restored on resume), so a resumed run reports what an uninterrupted one does
     summary = {"steps": trainer.state.global_step, "final_loss": _last_loss(trainer.state.log_history),
                "train_loss": mean_logged_loss(trainer.state.log_history), "tokens": trainer.tokens_seen,
-               "resumed_from": resume_from}
+               "resumed_from": resume_from, **({"selection": selection} if selection else {})}
     tokens_per_s = (trainer.tokens_seen - progress.tokens_at_start) / max(train_s, 1e-9)  # this session's
     return summary, round(train_s, 3), round(tokens_per_s, 1)
+
+
+def _selection(cfg, evaluate) -> list:
+    """The checkpoint-selection callback when trainer.eval_every > 0 (peftrun/train.py SelectBest)."""
+    from peftrun.train import SelectBest
+
+    if evaluate is None:
+        return []
+    return [SelectBest(cfg.trainer.eval_every, evaluate, cfg.trainer.select_metric, cfg.trainer.select_mode)]
 
 
 def _resume_point(checkpoints: str, console: Console) -> str | None:

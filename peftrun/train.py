@@ -243,8 +243,9 @@ def training_arguments(
         logging_steps=trainer_cfg.logging_steps,
         logging_nan_inf_filter=False,  # a non-finite loss must reach the log (StopOnNonFinite fails the run)
         include_num_input_tokens_seen="non_padding",  # state.num_input_tokens_seen: all ranks, survives resume
-        save_strategy="steps" if trainer_cfg.save_every > 0 else "no",
-        save_steps=max(trainer_cfg.save_every, 1),
+        # eval_every alone saves at its evaluations (SelectBest): the selected step must be on disk
+        save_strategy="steps" if trainer_cfg.save_every > 0 or trainer_cfg.eval_every > 0 else "no",
+        save_steps=max(trainer_cfg.save_every or trainer_cfg.eval_every, 1),
         save_total_limit=2,  # the newest for resume + one in case the newest was cut mid-write
         eval_strategy="no",
         report_to=report_to,
@@ -521,6 +522,48 @@ class StopOnNonFinite(TrainerCallback):
             self.diverged_at = (state.global_step, loss)
             control.should_training_stop = True
         return control
+
+
+class SelectBest(TrainerCallback):
+    """Every `every` steps and at the last step: evaluate the model (`evaluate()` -> the selection metric), keep the
+    best step in the trainer state and save a checkpoint there.
+
+    The state (best_metric, best_global_step, and one `select_<metric>` entry per evaluation in the log history) is
+    written into every checkpoint, so a resumed run selects as an uninterrupted one; the Trainer's rotation keeps
+    the best checkpoint besides the newest. The global RNG state is restored after each evaluation: training takes
+    the same steps with or without it.
+    """
+
+    def __init__(self, every: int, evaluate: Any, metric: str, mode: str) -> None:
+        self.every, self.evaluate, self.metric, self.mode = every, evaluate, metric, mode
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every and state.global_step < state.max_steps:
+            return control
+        rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        try:
+            value = float(self.evaluate())
+        finally:
+            torch.set_rng_state(rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+            if model is not None:
+                model.train()
+        state.log_history.append({"step": state.global_step, f"select_{self.metric}": value})
+        best = state.best_metric
+        if math.isfinite(value) and (best is None or (value > best if self.mode == "max" else value < best)):
+            state.best_metric, state.best_global_step = value, state.global_step
+        control.should_save = True
+        return control
+
+
+def selection_summary(state: Any, metric: str) -> dict[str, Any]:
+    """What the record says about checkpoint selection: every evaluation and the selected step."""
+    key = f"select_{metric}"
+    history = [[entry["step"], entry[key]] for entry in state.log_history if key in entry]
+    return {"metric": metric, "evaluated": history, "selected_step": state.best_global_step,
+            "selected_value": state.best_metric}
 
 
 def non_finite_parameters(model: nn.Module) -> list[str]:

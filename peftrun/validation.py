@@ -112,14 +112,9 @@ def check_trainer(t: Any) -> None:
     _require(t.eval_every >= 0, "trainer.eval_every", t.eval_every, "an integer >= 0 (0 = evaluate at the end)")
     _require(t.num_workers >= 0, "trainer.num_workers", t.num_workers, "an integer >= 0")
     _require(t.select_mode in SELECT_MODES, "trainer.select_mode", t.select_mode, f"one of {', '.join(SELECT_MODES)}")
-    if t.eval_every > 0:
-        if not t.select_metric:
-            raise PeftrunError("trainer.eval_every > 0 selects the best checkpoint on a validation metric: set "
-                               "trainer.select_metric (e.g. bleu, accuracy) and trainer.select_mode (max | min)")
-        if t.save_every > 0 and t.eval_every % t.save_every:
-            raise PeftrunError(f"trainer.eval_every={t.eval_every} must be a multiple of trainer.save_every="
-                               f"{t.save_every} (each evaluated step is kept as a checkpoint); e.g. "
-                               f"trainer.save_every={t.eval_every}")
+    if t.eval_every > 0 and not t.select_metric:
+        raise PeftrunError("trainer.eval_every > 0 selects the best checkpoint on a validation metric: set "
+                           "trainer.select_metric (e.g. bleu, accuracy) and trainer.select_mode (max | min)")
 
 
 def check_task(task: Any) -> None:

@@ -281,3 +281,53 @@ def test_a_length_error_never_suggests_an_empty_source() -> None:
     with pytest.raises(PeftrunError) as caught:
         check_lengths(task, "decoder", "text", 512, "n_positions", "tiny-gpt2")
     assert "max_source_length=0" not in str(caught.value) and "shorten task.max_target_length" in str(caught.value)
+
+
+# ---- checkpoint selection during training (trainer.eval_every) ----------------------------------------------------
+
+SELECT = ["trainer.max_steps=12", "trainer.lr=1e-2", "trainer.eval_every=3", "trainer.select_metric=chrf",
+          "task.max_train_examples=32", "task.max_eval_examples=8", "task.generation.batch_size=8",
+          "trainer.save_every=0"]
+
+
+def test_eval_every_selects_the_best_step_and_survives_an_interruption(tmp_path: Path) -> None:
+    """The final evaluation uses the step with the best validation chrF (earliest among ties); a run stopped by
+    SIGTERM mid-training and rerun selects the same step and ends with the same results."""
+    reference = tmp_path / "reference"
+    proc = _run(reference, *SELECT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = _record(reference)
+    selection = record["train"]["selection"]
+    steps = [step for step, _ in selection["evaluated"]]
+    assert steps == [3, 6, 9, 12]
+    best = max(value for _, value in selection["evaluated"])
+    assert selection["selected_step"] == next(step for step, value in selection["evaluated"] if value == best)
+    assert selection["selected_value"] == best == record["metrics"]["validation"]["chrf"]
+    assert (reference / "checkpoints" / f"checkpoint-{selection['selected_step']}").is_dir()  # kept by rotation
+
+    run_dir = tmp_path / "interrupted" / "run"
+    run_dir.mkdir(parents=True)
+    command = _command(run_dir, *SELECT)
+    with open(run_dir.parent / "out.txt", "w") as out:
+        proc = subprocess.Popen(command, cwd=ROOT, env=_env(), stdout=out, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 240
+        while not (run_dir / "checkpoints" / "checkpoint-6" / "trainer_state.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    proc = _run(run_dir, *SELECT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = _record(run_dir)
+    assert resumed["train"]["resumed_from"] is not None
+    assert resumed["train"]["selection"] == selection
+    assert resumed["metrics"] == record["metrics"]
+    weights = "adapter/adapter_model.safetensors"
+    assert (run_dir / weights).read_bytes() == (reference / weights).read_bytes()
+
+
+def test_select_metric_must_be_one_the_task_computes(tmp_path: Path) -> None:
+    proc = _run(tmp_path / "run", *SELECT[:3], "trainer.select_metric=rouge1")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: trainer.select_metric='rouge1' is not a metric task "
+                                                "'synthetic' computes here; known: bleu, chrf"]
