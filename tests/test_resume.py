@@ -144,9 +144,11 @@ def test_rerunning_a_complete_run_skips_it(reference: Path, tmp_path: Path) -> N
     proc = _run(run_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "already complete with this config; skipping" in proc.stdout
+    # Hydra rewrites .hydra/ and peftrun.log on every invocation; the lock file names its latest holder
+    rewritten = ("peftrun.log", ".peftrun.lock")
     after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()
-             if ".hydra" not in p.parts and p.name != "peftrun.log"}  # Hydra rewrites these on every invocation
-    assert after == {k: v for k, v in before.items() if ".hydra" not in k.parts and k.name != "peftrun.log"}
+             if ".hydra" not in p.parts and p.name not in rewritten}
+    assert after == {k: v for k, v in before.items() if ".hydra" not in k.parts and k.name not in rewritten}
 
 
 # ---- in-process: checkpoint selection, sampler order, a changed config -----------------------------------------
