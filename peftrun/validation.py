@@ -87,7 +87,7 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 
 def check_trainer(t: Any) -> None:
-    _require(_finite(t.lr) and t.lr > 0, "trainer.lr", t.lr, "a finite number > 0")
+    _require(_finite(t.lr) and t.lr >= 0, "trainer.lr", t.lr, "a finite number >= 0 (0 keeps the initial weights)")
     _require(t.batch_size >= 1, "trainer.batch_size", t.batch_size, "an integer >= 1")
     _require(t.grad_accum >= 1, "trainer.grad_accum", t.grad_accum, "an integer >= 1")
     _require(t.logging_steps >= 1, "trainer.logging_steps", t.logging_steps, "an integer >= 1")

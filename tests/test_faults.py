@@ -192,7 +192,7 @@ def _compose(*overrides: str):
 
 BAD_VALUES = [
     ("trainer.lr=-1", "trainer.lr"), ("trainer.lr=nan", "trainer.lr"), ("trainer.lr=inf", "trainer.lr"),
-    ("trainer.lr=0", "trainer.lr"), ("trainer.batch_size=0", "trainer.batch_size"),
+    ("trainer.batch_size=0", "trainer.batch_size"),
     ("trainer.grad_accum=-2", "trainer.grad_accum"), ("trainer.logging_steps=0", "trainer.logging_steps"),
     ("trainer.label_smoothing=1.5", "trainer.label_smoothing"), ("trainer.label_smoothing=1", "trainer.label_smoothing"),
     ("trainer.scheduler=nosuch", "trainer.scheduler"), ("trainer.precision=fp8", "trainer.precision"),

@@ -37,7 +37,8 @@ def test_a_failing_job_is_recorded_and_the_others_complete_then_a_rerun_skips_th
     sweep = tmp_path / "sweep"
     proc = _sweep("trainer.lr=5e-4,-1.0,1e-3", *FAST, f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    bad_lr = "trainer.lr=-1.0 is not allowed: a finite number > 0; set trainer.lr to such a value"
+    bad_lr = ("trainer.lr=-1.0 is not allowed: a finite number >= 0 (0 keeps the initial weights); set trainer.lr to "
+              "such a value")
     assert f"job 1 failed: {bad_lr}" in proc.stdout  # refused before any work (peftrun/validation.py)
     records = _records(sweep)
     assert sorted(records) == ["0_tiny-gpt2_lora_synthetic", "1_tiny-gpt2_lora_synthetic", "2_tiny-gpt2_lora_synthetic"]
