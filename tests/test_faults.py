@@ -331,3 +331,15 @@ def test_select_metric_must_be_one_the_task_computes(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: trainer.select_metric='rouge1' is not a metric task "
                                                 "'synthetic' computes here; known: bleu, chrf"]
+
+
+def test_a_run_asked_to_train_needs_training_rows_and_eval_splits_need_rows() -> None:
+    from peftrun.errors import PeftrunError
+    from peftrun.experiment import _check_usable_rows
+
+    cfg = _compose()
+    with pytest.raises(PeftrunError, match="split 'train' has no usable training example"):
+        _check_usable_rows(cfg, [], {"validation": [object()]})
+    with pytest.raises(PeftrunError, match="eval split 'validation' has no usable example"):
+        _check_usable_rows(cfg, [object()], {"validation": []})
+    _check_usable_rows(_compose("trainer.do_train=false"), [], {"validation": [object()]})  # evaluation only
