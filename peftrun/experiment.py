@@ -67,9 +67,9 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, overrides: list[str], c
         record = base_record(run_dir, config, overrides, cfg.trainer.seed)
         record["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         save = write_record if is_main_process() else (lambda *_: None)
-        save(run_dir, record)
         try:
             with _signals_interrupt():
+                save(run_dir, record)
                 _run(cfg, run_dir, task, formulation, lengths_checked, record, console, started, load_backbone,
                      apply_method, save, data)
         except Interrupted as err:

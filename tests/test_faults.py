@@ -232,13 +232,14 @@ def test_no_op_or_absurd_method_values_are_refused(override: str) -> None:
         validate_config(_compose(*override.split()))
 
 
-def test_the_shipped_configs_pass_validation() -> None:
+@pytest.mark.parametrize("group", ["method", "task", "backbone", "experiment"])
+def test_the_shipped_configs_pass_validation(group: str) -> None:
     from peftrun.cli import CONF_DIR
     from peftrun.validation import validate_config
 
     validate_config(_compose())
-    for method in sorted(p.stem for p in (Path(CONF_DIR) / "method").glob("*.yaml")):
-        validate_config(_compose(f"method={method}"))
+    for option in sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml")):
+        validate_config(_compose(f"{group}={option}"))
 
 
 def test_scheduler_names_are_transformers_own() -> None:
