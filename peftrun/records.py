@@ -1,12 +1,14 @@
 """The run record (results.json) and predictions.jsonl, written atomically (peftrun/io.py).
 
 results.json schema (version 1):
-  schema_version, status ("running" | "complete" | "dry_run" | "failed" | "interrupted": SIGTERM/SIGINT, checkpoint
-  saved, the same command resumes), error (on failure or interruption),
+  schema_version, status ("running" | "complete" | "dry_run" | "failed" | "interrupted": SIGTERM/SIGINT in any
+  phase, a checkpoint saved when in training, the same command resumes; "complete" only when everything asked was
+  done: training took its steps with a finite loss, every eval split was scored), error (on failure or interruption),
   run_name, run_dir, command (argv), overrides, config (the composed config, resolved),
   metrics {split: {metric: value}}, params {total, backbone, trainable, saved, trainable_pct, saved_pct,
-  per_delta}, data {split: {examples, truncated_sources, truncated_targets, unlabelled (head runs: ReCoRD
-  queries without a gold candidate, skipped in training)}}, backbone (source, init, revision, counts),
+  per_delta}, data {eval split: {examples, truncated_sources}}, train_data {split, examples, truncated_sources,
+  truncated_targets | unlabelled (head runs: ReCoRD queries without a gold candidate, skipped in training)}
+  (its own key: a train split that is also evaluated keeps both counts), backbone (source, init, revision, counts),
   eval_merged (LoRA folded into the weights for evaluation), timings {setup_s, train_s,
   eval_s, train_tokens_per_s, eval_examples_per_s}, train {steps, final_loss, train_loss (mean over all steps),
   tokens, resumed_from (checkpoint or null)}, peak_memory_mb, seed,

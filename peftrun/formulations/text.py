@@ -31,8 +31,8 @@ class TextFormulation:
             examples = self.prompting.builder.render_training(examples)
         tok = tokenize_examples(examples, backbone.tokenizer, backbone.kind, cfg.task.max_source_length,
                                 cfg.task.max_target_length, cfg.paths.cache_dir)
-        record["data"][cfg.task.train_split] = {
-            "examples": len(tok), "truncated_sources": tok.truncated_sources,
+        record["train_data"] = {
+            "split": cfg.task.train_split, "examples": len(tok), "truncated_sources": tok.truncated_sources,
             "truncated_targets": tok.truncated_targets,
         }
         collator = PaddingCollator(
