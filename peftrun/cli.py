@@ -41,6 +41,9 @@ def main(cfg: DictConfig) -> float | None:
     _quiet_libraries()
     try:
         _check_distributed_run_dir(hydra_cfg, multirun)
+        from peftrun.validation import check_group_choices
+
+        check_group_choices(dict(hydra_cfg.runtime.choices), CONF_DIR)  # optional groups skip a typo silently
         from peftrun.experiment import run_experiment
 
         record = run_experiment(cfg, run_dir, overrides, console)

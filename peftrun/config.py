@@ -149,7 +149,10 @@ class TrainerConfig:
     scheduler: str = "linear"
     optimizer: str = "adamw_torch"  # any transformers `optim` name: adamw_torch, adafactor (prompt tuning) ...
     seed: int = 42
-    eval_every: int = 0  # steps between evaluations during training; 0 = only at the end
+    eval_every: int = 0  # steps between evaluations on select_split during training; 0 = only at the end
+    select_split: str = "validation"  # the split evaluated every eval_every steps (the papers select on dev)
+    select_metric: str | None = None  # with eval_every: the metric that picks the checkpoint evaluated at the end
+    select_mode: str = "max"  # max | min: whether a higher or a lower select_metric is better
     save_every: int = 0  # steps between checkpoints; 0 = none
     precision: str = "fp32"  # fp32 | bf16 | fp16
     group_by_length: bool = True

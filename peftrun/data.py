@@ -8,22 +8,21 @@ Layouts, by backbone kind:
   labels shifted right with the model's decoder_start_token_id, built in the collator.
 
 Tokenisation runs once per (tokenizer, task data, lengths): the result is stored under
-`<cache_dir>/tokenized/<key>.pt` and reused by later runs and sweep jobs.
+`<cache_dir>/tokenized/<key>.safetensors` (peftrun/token_cache.py: no pickle) and reused by later runs and
+sweep jobs; an unusable entry is rebuilt with a warning naming it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from peftrun.tasks.base import Example
+from peftrun.token_cache import cache_path, load_cached, save_lists
 
 IGNORE_INDEX = -100
 
@@ -79,14 +78,22 @@ def tokenize_examples(
              _examples_fingerprint(examples, with_target), 1],
         ).encode()
     ).hexdigest()[:24]
-    path = Path(cache_dir).expanduser() / "tokenized" / f"{key}.pt" if cache_dir else None
-    if path is not None and path.exists():
-        data = torch.load(path, weights_only=False)
-        return Tokenized(**data)
+    path = cache_path(cache_dir, key)
+    cached = load_cached(path, ("input_ids", "labels"), _decode_cached)
+    if cached is not None and len(cached) == len(examples):
+        return cached
     result = _tokenize(examples, tokenizer, kind, max_source_length, max_target_length, with_target)
     if path is not None:
-        _atomic_torch_save(result.__dict__, path)
+        save_lists(path, {"input_ids": result.input_ids, "labels": result.labels},
+                   {"truncated_sources": result.truncated_sources, "truncated_targets": result.truncated_targets})
     return result
+
+
+def _decode_cached(fields: dict[str, list[list[int]]], meta: dict[str, Any]) -> Tokenized:
+    if len(fields["input_ids"]) != len(fields["labels"]):
+        raise ValueError("input_ids and labels have different row counts")
+    return Tokenized(fields["input_ids"], fields["labels"], int(meta["truncated_sources"]),
+                     int(meta["truncated_targets"]))
 
 
 def _tokenize(
@@ -134,18 +141,6 @@ def _tokenize(
     else:
         raise ValueError(f"no token layout for backbone kind {kind!r}")
     return Tokenized(input_ids, labels, truncated_src, truncated_tgt)
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class TokenizedDataset(torch.utils.data.Dataset):

@@ -11,8 +11,9 @@ prompts with demonstrations; methods that train nothing (method=icl) only evalua
 
 from __future__ import annotations
 
+import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from peftrun.errors import PeftrunError
-from peftrun.records import base_record, read_record, write_predictions, write_record
+from peftrun.records import base_record, write_predictions, write_record
+from peftrun.rundir import check_reuse, claim, previous_record
 
 
 class Interrupted(Exception):
@@ -46,75 +48,89 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, overrides: list[str], c
     from peftrun.instruction.ipt import check_prompt_use
     from peftrun.lengths import check_input_lengths
     from peftrun.tasks.base import build_task
+    from peftrun.validation import validate_config
 
     run_dir = Path(run_dir)
     started = time.perf_counter()
-    anatomy = anatomy_for(cfg.backbone.family)
-    task = build_task(cfg.task, cfg.paths.data_dir)
-    check_prompt_use(cfg)  # IPT needs demonstrations; a mixture takes none (peftrun/instruction/ipt.py)
-    name = resolve_formulation(task, cfg.backbone, anatomy.kind)  # "text", "rank" or the task's head
-    lengths_checked = check_input_lengths(cfg, anatomy.kind, _length_layout(name))  # config.json only, no weights
-    formulation = build_formulation(name, cfg, task, _prompting(cfg, task))
-    if _evaluation_only(cfg) and formulation.trains_new_head:
-        raise PeftrunError(f"method {cfg.method.name!r} trains nothing, but the {name} formulation puts a new head on "
-                           f"backbone {cfg.backbone.name!r} that must train; use task.formulation=rank or text with "
-                           "a decoder or encoder-decoder backbone")
-    from peftrun.methods import apply_method, validate_method  # imports transformers: after the cheap checks
-
-    validate_method(cfg.method, anatomy)
-    if cfg.method.init_from:  # prompt transfer: the source adapter must exist before anything loads
-        from peftrun.instruction.transfer import adapter_dir
-
-        adapter_dir(cfg.method.init_from)
+    validate_config(cfg)  # values and names, from the config alone
     config = OmegaConf.to_container(cfg, resolve=True)
     if config.get("prompt", "absent") is None:
         del config["prompt"]  # prompt=none: records stay as they were before the prompt group existed
-    previous = read_record(run_dir)
-    changed = _changed_keys(previous.get("config") or {}, config) if previous is not None else []
-    if previous is not None and not changed and previous.get("status") == "complete":
-        console.print(f"[green]{run_dir}: already complete with this config; skipping (delete results.json to rerun)")
-        return previous
-    if changed and any((run_dir / "checkpoints").glob("checkpoint-*")):
-        raise PeftrunError(
-            f"{run_dir} holds checkpoints of a run with a different config ({', '.join(changed[:5])}); "
-            f"choose another hydra.run.dir, or delete {run_dir / 'checkpoints'} to start over"
-        )
-    record = base_record(run_dir, config, overrides, cfg.trainer.seed)
-    record["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    save = write_record if is_main_process() else (lambda *_: None)
-    save(run_dir, record)
-    try:
-        _run(cfg, run_dir, task, formulation, lengths_checked, record, console, started, load_backbone, apply_method,
-             save)
-    except Interrupted as err:
-        record["status"] = "interrupted"
-        record["error"] = str(err)
-        save(run_dir, record)
-        raise
-    except BaseException as err:
-        record["status"] = "failed"
-        record["error"] = f"{type(err).__name__}: {err}"
-        save(run_dir, record)
-        raise
+    with _owned(run_dir):  # one process per run directory, from here to the final record
+        previous = previous_record(run_dir)
+        if check_reuse(run_dir, previous, config):
+            console.print(f"[green]{run_dir}: already complete with this config; skipping (delete results.json to "
+                          "rerun)")
+            return previous
+        anatomy = anatomy_for(cfg.backbone.family)
+        task = build_task(cfg.task, cfg.paths.data_dir)
+        check_prompt_use(cfg)  # IPT needs demonstrations; a mixture takes none (peftrun/instruction/ipt.py)
+        name = resolve_formulation(task, cfg.backbone, anatomy.kind)  # "text", "rank" or the task's head
+        lengths_checked = check_input_lengths(cfg, anatomy.kind, _length_layout(name))  # config.json only
+        data = _load_data(cfg, task)  # files read, rows counted, scorers rehearsed: before any import of torch
+        formulation = build_formulation(name, cfg, task, _prompting(cfg, task, data[1]))
+        if _evaluation_only(cfg) and formulation.trains_new_head:
+            raise PeftrunError(f"method {cfg.method.name!r} trains nothing, but the {name} formulation puts a new "
+                               f"head on backbone {cfg.backbone.name!r} that must train; use task.formulation=rank "
+                               "or text with a decoder or encoder-decoder backbone")
+        from peftrun.methods import apply_method, validate_method  # imports transformers: after the cheap checks
+
+        validate_method(cfg.method, anatomy)
+        if cfg.method.init_from:  # prompt transfer: the source adapter must exist before anything loads
+            from peftrun.instruction.transfer import adapter_dir
+
+            adapter_dir(cfg.method.init_from)
+        record = base_record(run_dir, config, overrides, cfg.trainer.seed)
+        record["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        save = write_record if is_main_process() else (lambda *_: None)
+        try:
+            with _signals_interrupt():
+                save(run_dir, record)
+                _run(cfg, run_dir, task, formulation, lengths_checked, record, console, started, load_backbone,
+                     apply_method, save, data)
+        except Interrupted as err:
+            record["status"] = "interrupted"
+            record["error"] = str(err)
+            save(run_dir, record)
+            raise
+        except BaseException as err:
+            record["status"] = "failed"
+            record["error"] = f"{type(err).__name__}: {err}"
+            save(run_dir, record)
+            raise
     return record
 
 
-SAME_RUN_KEYS = ("trainer.resume", "paths", "logger")  # where files live and how progress is shown: same run
+def _owned(run_dir: Path):
+    """Rank 0 holds the run directory's lock (peftrun/rundir.py); the other ranks of a torchrun job share it."""
+    return claim(run_dir) if is_main_process() else nullcontext()
 
 
-def _changed_keys(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted config keys whose values differ, except SAME_RUN_KEYS (a resumed job may run on another node)."""
-    changed = []
-    for key in sorted(set(before) | set(after)):
-        name = f"{prefix}{key}"
-        old, new = before.get(key), after.get(key)
-        if name in SAME_RUN_KEYS:
-            continue
-        if isinstance(old, dict) and isinstance(new, dict):
-            changed += _changed_keys(old, new, name + ".")
-        elif old != new:
-            changed.append(name)
-    return changed
+PHASE = {"name": "set-up"}  # what the run is doing, for the interruption message
+
+
+@contextmanager
+def _signals_interrupt():
+    """SIGTERM / SIGINT outside training (set-up, evaluation) end the run as `interrupted` (exit 128 + signal)
+    instead of leaving a record that says `running`; during training StopOnSignal takes over (checkpoint first)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def handle(signum, _frame):
+        raise Interrupted(f"stopped by signal {signum} during {PHASE['name']}; run the same command again "
+                          "(training resumes from its newest checkpoint)", signum)
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    PHASE["name"] = "set-up"
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _length_layout(formulation: str) -> str:
@@ -127,7 +143,7 @@ def _evaluation_only(cfg) -> bool:
     return cfg.method.train == "none" and not cfg.method.deltas
 
 
-def _prompting(cfg, task):
+def _prompting(cfg, task, eval_sets):
     """The prompt config's builder and demonstration pool (peftrun/prompting/), checked before any model loads;
     None for prompt=none."""
     if cfg.get("prompt") is None:
@@ -137,11 +153,14 @@ def _prompting(cfg, task):
 
     builder = PromptBuilder(cfg.prompt, task, cfg.paths.data_dir)
     pool = builder.pool(task.load(cfg.task.train_split, grouped=False)) if cfg.prompt.k > 0 else []
+    budget = min(cfg.task.max_source_length, cfg.prompt.max_tokens or cfg.task.max_source_length)
+    for examples in eval_sets.values():  # loaded and capped as the run evaluates them
+        builder.precheck(examples, budget)
     return Prompting(builder, pool, natural=_evaluation_only(cfg))
 
 
 def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, started, load_backbone, apply_method,
-         save) -> None:
+         save, data) -> None:
     import torch
     from transformers import set_seed
 
@@ -149,12 +168,7 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
     from peftrun.lengths import check_input_lengths
 
     set_seed(cfg.trainer.seed)
-    train_examples = task.load(cfg.task.train_split, grouped=False) if _training(cfg) else []
-    eval_sets = {split: task.load(split, grouped=True) for split in task.evaluation_splits()} if _evaluating(cfg) else {}
-    if cfg.task.max_train_examples is not None:
-        train_examples = train_examples[: cfg.task.max_train_examples]
-    if cfg.task.max_eval_examples is not None:
-        eval_sets = {split: rows[: cfg.task.max_eval_examples] for split, rows in eval_sets.items()}
+    train_examples, eval_sets, select_examples = data
 
     dry_meta = cfg.trainer.dry_run and cfg.backbone.init == "random"
     backbone = load_backbone(cfg.backbone, cfg.paths, head=formulation.backbone_head,
@@ -179,11 +193,13 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
 
     record["timings"]["setup_s"] = round(time.perf_counter() - started, 3)
     if train_examples:
+        evaluate = _selection_evaluator(cfg, backbone, task, formulation, select_examples)
         record["train"], record["timings"]["train_s"], record["timings"]["train_tokens_per_s"] = _train(
-            cfg, run_dir, backbone, formulation, train_examples, record, console, task
+            cfg, run_dir, backbone, formulation, train_examples, record, console, evaluate, task
         )
     if not is_main_process():
         return  # rank 0 saves the adapter and evaluates every example; the others are done
+    PHASE["name"] = "evaluation"
     if _evaluation_only(cfg):
         record["trained"] = False  # nothing trained: no optimizer, no adapter, no checkpoint
     else:
@@ -199,7 +215,7 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
     from peftrun.instruction.multitask_head import restrict_to_member
 
     for split, examples in eval_sets.items():
-        with restrict_to_member(backbone.model, task, split, formulation.name):  # a mixture's head: this task's columns
+        with restrict_to_member(backbone.model, task, split, formulation.name):  # a mixture's head: its columns
             texts, extras = formulation.predict(backbone, examples, split, record,
                                                 lambda name, total: _eval_progress(name, total, console))
         record["metrics"][split] = task.score(texts, examples)
@@ -224,6 +240,53 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
     console.print(results_table(record))
 
 
+def _load_data(cfg, task) -> tuple[list, dict[str, list], list]:
+    """(training examples, {eval split: grouped examples}, examples evaluated during training for checkpoint
+    selection) as the run will use them, checked (see below)."""
+    train_examples = task.load(cfg.task.train_split, grouped=False) if _training(cfg) else []
+    eval_sets = {split: task.load(split, grouped=True) for split in task.evaluation_splits()} if _evaluating(cfg) else {}
+    selecting = _training(cfg) and cfg.trainer.eval_every > 0
+    select_examples = task.load(cfg.trainer.select_split, grouped=True) if selecting else []
+    if cfg.task.max_train_examples is not None:
+        train_examples = train_examples[: cfg.task.max_train_examples]
+    if cfg.task.max_eval_examples is not None:
+        eval_sets = {split: rows[: cfg.task.max_eval_examples] for split, rows in eval_sets.items()}
+        select_examples = select_examples[: cfg.task.max_eval_examples]
+    _check_usable_rows(cfg, train_examples, eval_sets)
+    _rehearse_scoring(task, eval_sets)
+    if selecting:
+        if not select_examples:
+            raise PeftrunError(f"trainer.select_split={cfg.trainer.select_split!r} has no usable example")
+        known = _rehearse_scoring(task, {cfg.trainer.select_split: select_examples})
+        if cfg.trainer.select_metric not in known:
+            raise PeftrunError(f"trainer.select_metric={cfg.trainer.select_metric!r} is not a metric task "
+                               f"{cfg.task.name!r} computes here; known: {', '.join(known)}")
+    return train_examples, eval_sets, select_examples
+
+
+def _check_usable_rows(cfg, train_examples, eval_sets) -> None:
+    """A run asked to train must have training rows, and every evaluated split rows to score (the loaders drop
+    malformed rows): knowable before the backbone loads, so no training is wasted on a run that cannot finish."""
+    if _training(cfg) and not train_examples:
+        raise PeftrunError(f"task {cfg.task.name!r}: split {cfg.task.train_split!r} has no usable training example "
+                           "(check task.data_dir / task.train_split and the file's rows), or set trainer.do_train=false")
+    empty = [split for split, rows in eval_sets.items() if not rows]
+    if empty:
+        raise PeftrunError(f"task {cfg.task.name!r}: eval split {empty[0]!r} has no usable example (check "
+                           "task.eval_splits and the file's rows)")
+
+
+def _rehearse_scoring(task, eval_sets) -> list[str]:
+    """Score one example of each eval split against its own reference before training, so a metric name that
+    the task does not compute (task.metrics) or a scorer that cannot read the split fails now, not after it.
+    Returns the metric names the task reported."""
+    names: list[str] = []
+    for examples in eval_sets.values():
+        first = examples[0]
+        names = list(task.score([first.references[0] if first.references else ""], [first]))
+    return names
+
+
 def _training(cfg) -> bool:
     return cfg.trainer.do_train and not cfg.trainer.dry_run and not _evaluation_only(cfg)
 
@@ -232,28 +295,46 @@ def _evaluating(cfg) -> bool:
     return cfg.trainer.do_eval and not cfg.trainer.dry_run
 
 
-def _train(cfg, run_dir, backbone, formulation, examples, record, console, task):
+def _selection_evaluator(cfg, backbone, task, formulation, examples):
+    """`evaluate()` -> trainer.select_metric on trainer.select_split for the model as it is (eval_every), or None."""
+    if cfg.trainer.eval_every <= 0:
+        return None
+    quiet = Console(quiet=True)
+
+    def evaluate() -> float:
+        texts, _ = formulation.predict(backbone, examples, cfg.trainer.select_split, {"data": {}},
+                                       lambda name, total: _eval_progress(name, total, quiet))
+        return task.score(texts, examples)[cfg.trainer.select_metric]
+
+    return evaluate
+
+
+def _train(cfg, run_dir, backbone, formulation, examples, record, console, evaluate=None, task=None):
     from transformers.trainer_callback import PrinterCallback
 
     from peftrun.train import (
         ConsoleProgress,
         LogBeforeSave,
+        SaveAtEnd,
+        StopOnNonFinite,
         StopOnSignal,
-        last_checkpoint,
+        finished_state,
+        load_trainable,
         mean_logged_loss,
+        selection_summary,
         training_arguments,
     )
 
     dataset, collator = formulation.training_data(backbone, examples, record)
     trainer_class, extra = formulation.trainer()
-    if task.name == "mixture":
+    if task is not None and task.name == "mixture":
         from peftrun.instruction.training import mixture_trainer
 
         trainer_class, extra = mixture_trainer(task, trainer_class, extra, len(dataset), record)
     progress = ConsoleProgress(str(run_dir / "train_log.jsonl"), console)
-    stopper = StopOnSignal()
+    stopper, divergence = StopOnSignal(), StopOnNonFinite()
     checkpoints = str(run_dir / "checkpoints")
-    resume_from = last_checkpoint(checkpoints)
+    resume_from = _resume_point(checkpoints, console)
     if cfg.trainer.resume and resume_from is None:
         raise PeftrunError(f"trainer.resume=true but {checkpoints} holds no checkpoint; drop trainer.resume")
     if resume_from is not None:
@@ -263,7 +344,7 @@ def _train(cfg, run_dir, backbone, formulation, examples, record, console, task)
         args=training_arguments(cfg.trainer, checkpoints, True, cfg.logger, str(run_dir)),
         train_dataset=dataset,
         data_collator=collator,
-        callbacks=[progress, stopper, LogBeforeSave()],
+        callbacks=[progress, stopper, divergence, *_selection(cfg, evaluate), SaveAtEnd(), LogBeforeSave()],
         anatomy=backbone.anatomy,
         label_smoothing=cfg.trainer.label_smoothing,
         lengths=dataset.lengths,
@@ -271,17 +352,71 @@ def _train(cfg, run_dir, backbone, formulation, examples, record, console, task)
     )
     trainer.remove_callback(PrinterCallback)  # the rich progress bar and train_log.jsonl replace its prints
     t0 = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume_from)
+    finished = finished_state(resume_from)
+    if finished is not None:  # saved at the last step: resuming would train one step too many
+        PHASE["name"] = "evaluation"  # all that is left
+        console.print(f"[yellow]training finished at step {finished.global_step}: evaluating {resume_from}")
+        load_trainable(trainer.model, resume_from)
+        trainer.state = finished
+        progress.tokens_at_start = trainer.tokens_seen
+    else:
+        PHASE["name"] = "training"
+        trainer.train(resume_from_checkpoint=resume_from)
     train_s = time.perf_counter() - t0
     if stopper.received is not None:
         raise Interrupted(f"stopped by signal {stopper.received} at step {trainer.state.global_step}; "
                           "checkpoint saved, run the same command again to resume", stopper.received)
+    _check_finite(cfg, trainer, divergence)
+    selection = None
+    if evaluate is not None:  # the final evaluation (and the saved adapter) use the selected checkpoint
+        selection = selection_summary(trainer.state, cfg.trainer.select_metric)
+        best = os.path.join(checkpoints, f"checkpoint-{selection['selected_step']}")
+        if selection["selected_step"] is None or not os.path.isdir(best):
+            raise PeftrunError(f"no checkpoint to select: trainer.select_metric={cfg.trainer.select_metric} was never "
+                               f"finite on {cfg.trainer.select_split}, or {best} is gone")
+        load_trainable(trainer.model, best)
+        console.print(f"[green]selected step {selection['selected_step']} ({cfg.trainer.select_metric} "
+                      f"{selection['selected_value']:.4f} on {cfg.trainer.select_split})")
     # from the log history (restored on resume), so a resumed run reports what an uninterrupted one does
     summary = {"steps": trainer.state.global_step, "final_loss": _last_loss(trainer.state.log_history),
                "train_loss": mean_logged_loss(trainer.state.log_history), "tokens": trainer.tokens_seen,
-               "resumed_from": resume_from}
+               "resumed_from": resume_from, **({"selection": selection} if selection else {})}
     tokens_per_s = (trainer.tokens_seen - progress.tokens_at_start) / max(train_s, 1e-9)  # this session's
     return summary, round(train_s, 3), round(tokens_per_s, 1)
+
+
+def _selection(cfg, evaluate) -> list:
+    """The checkpoint-selection callback when trainer.eval_every > 0 (peftrun/train.py SelectBest)."""
+    from peftrun.train import SelectBest
+
+    if evaluate is None:
+        return []
+    return [SelectBest(cfg.trainer.eval_every, evaluate, cfg.trainer.select_metric, cfg.trainer.select_mode)]
+
+
+def _resume_point(checkpoints: str, console: Console) -> str | None:
+    """The newest checkpoint whose files all read; each newer unreadable one is named and skipped."""
+    from peftrun.train import usable_checkpoint
+
+    resume_from, skipped = usable_checkpoint(checkpoints)
+    for folder, why in skipped:
+        console.print(f"[yellow]skipping {folder}: {why}")
+    return resume_from
+
+
+def _check_finite(cfg, trainer, divergence) -> None:
+    """A loss or a trainable weight that became NaN / inf fails the run (its predictions would mean nothing)."""
+    from peftrun.train import non_finite_parameters
+
+    if divergence.diverged_at is not None:
+        step, loss = divergence.diverged_at
+        raise PeftrunError(f"training diverged: the loss logged at step {step} is {loss} (trainer.lr="
+                           f"{cfg.trainer.lr}); lower trainer.lr or set trainer.max_grad_norm, in a new run dir")
+    bad = non_finite_parameters(trainer.model)
+    if bad:
+        raise PeftrunError(f"training diverged: {len(bad)} trainable tensors hold NaN/inf (e.g. {bad[0]}; "
+                           f"trainer.lr={cfg.trainer.lr}); lower trainer.lr or set trainer.max_grad_norm, in a new "
+                           "run dir")
 
 
 def _last_loss(history: list[dict[str, Any]]) -> float | None:

@@ -9,7 +9,7 @@ Each example becomes a `HeadFeature` (see Example.meta in peftrun/tasks/base.py 
   other position is -100 (ignored), as in BERT's NER recipe. Sub-tokens are mapped to words by character
   offsets, so any fast tokenizer (WordPiece, byte-level BPE) gets its natural segmentation of the sentence.
 Rows are cut to task.max_source_length tokens (special tokens kept; for pairs the longer text loses tokens
-first); cut rows are counted. Tokenisation is cached on disk like peftrun/data.py's.
+first); cut rows are counted. Tokenisation is cached on disk like peftrun/data.py's (peftrun/token_cache.py).
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from peftrun.data import IGNORE_INDEX, _atomic_torch_save, pad_right, tokenizer_fingerprint
+from peftrun.data import IGNORE_INDEX, pad_right, tokenizer_fingerprint
 from peftrun.errors import PeftrunError
 from peftrun.tasks.base import Example
+from peftrun.token_cache import cache_path, load_cached, save_lists
 
 HEADS = ("classification", "candidates", "token")
 CACHE_VERSION = 1
@@ -77,17 +77,46 @@ def encode_head_examples(examples: list[Example], tokenizer: Any, head: str, max
                                                         "label")]).encode())
     key = hashlib.sha256(json.dumps([tokenizer_fingerprint(tokenizer), head, max_length, digest.hexdigest(),
                                      CACHE_VERSION]).encode()).hexdigest()[:24]
-    path = Path(cache_dir).expanduser() / "tokenized" / f"head-{key}.pt" if cache_dir else None
-    if path is not None and path.exists():
-        data = torch.load(path, weights_only=False)
-        return HeadFeatures([HeadFeature(**f) for f in data["features"]], data["truncated"])
+    path = cache_path(cache_dir, f"head-{key}")
+    cached = load_cached(path, CACHE_FIELDS, _decode_cached)
+    if cached is not None and len(cached) == len(examples):
+        return cached
     if head == "token":
         result = _encode_tokens(examples, tokenizer, max_length)
     else:
         result = _encode_pairs(examples, tokenizer, head, max_length)
     if path is not None:
-        _atomic_torch_save({"features": [f.__dict__ for f in result.features], "truncated": result.truncated}, path)
+        save_lists(path, _encode_cached(result.features), {"truncated": result.truncated})
     return result
+
+
+CACHE_FIELDS = ("rows", "input_ids", "token_type_ids", "label", "token_labels", "word_starts")
+
+
+def _encode_cached(features: list[HeadFeature]) -> dict[str, list[list[int]]]:
+    """Ragged int lists for token_cache: per feature its row counts and label, the rows flattened over features."""
+    return {
+        "rows": [[len(f.input_ids), len(f.token_type_ids)] for f in features],
+        "input_ids": [row for f in features for row in f.input_ids],
+        "token_type_ids": [row for f in features for row in f.token_type_ids],
+        "label": [[f.label] for f in features],
+        "token_labels": [f.token_labels for f in features],
+        "word_starts": [f.word_starts for f in features],
+    }
+
+
+def _decode_cached(fields: dict[str, list[list[int]]], meta: dict[str, Any]) -> HeadFeatures:
+    features, ids, types = [], iter(fields["input_ids"]), iter(fields["token_type_ids"])
+    n = len(fields["rows"])
+    if any(len(fields[name]) != n for name in ("label", "token_labels", "word_starts")):
+        raise ValueError("per-feature fields have different counts")
+    for (n_rows, n_types), (label,), token_labels, starts in zip(
+            fields["rows"], fields["label"], fields["token_labels"], fields["word_starts"], strict=True):
+        rows = [next(ids) for _ in range(n_rows)]
+        features.append(HeadFeature(rows, [next(types) for _ in range(n_types)], label, token_labels, starts))
+    if next(ids, None) is not None or next(types, None) is not None:
+        raise ValueError("more rows than the features hold")
+    return HeadFeatures(features, int(meta["truncated"]))
 
 
 def _meta(example: Example, key: str) -> Any:

@@ -127,9 +127,12 @@ def check_lengths(task_cfg: Any, kind: str, formulation: str, limit: int, limit_
         else:
             said = f"{' + '.join(k for k, _ in terms)} = {' + '.join(str(v) for _, v in terms)} = {total}"
         others = [k for k, _ in terms[1:] if k.startswith("task.")]
+        fits = limit - total + src
+        if fits < 1:  # no source length fits: the other terms alone fill the table
+            shorten = " or ".join(k for k, _ in terms[1:])
+            raise PeftrunError(f"{said} but {where}; even a 1-token source does not fit: shorten {shorten}")
         alternative = f" (or a shorter {others[0]})" if others else ""
-        raise PeftrunError(f"{said} but {where}; set task.max_source_length={max(limit - total + src, 0)}"
-                           f"{alternative}")
+        raise PeftrunError(f"{said} but {where}; set task.max_source_length={fits}{alternative}")
     if formulation == "text" and kind == "encoder-decoder":
         for value, key in ((tgt, "task.max_target_length"), (new, "task.generation.max_new_tokens")):
             if value > limit:

@@ -8,12 +8,12 @@ matplotlib is the optional `plot` extra; without it the PNG is skipped with a on
 
 from __future__ import annotations
 
-import os
 import statistics
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from peftrun.io import atomic_write
 
 PANEL_INCHES = (6.4, 4.8)
 DPI = 100
@@ -76,15 +76,10 @@ def plot_tradeoff(rows: Sequence[Any], path: str | Path, metric: str | None = No
     for ax in list(axes.flat)[len(found):]:
         ax.set_visible(False)
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=DPI, format="png")  # no bbox_inches="tight": the pixel size stays figure_pixels
-        os.replace(tmp, path)
+    try:  # no bbox_inches="tight": the pixel size stays figure_pixels
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path, f"report.png: {len(found)} panel(s), metric vs trainable parameters (% of backbone, log scale)"
 
 

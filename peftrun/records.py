@@ -1,12 +1,14 @@
-"""The run record (results.json) and predictions.jsonl, written atomically.
+"""The run record (results.json) and predictions.jsonl, written atomically (peftrun/io.py).
 
 results.json schema (version 1):
-  schema_version, status ("running" | "complete" | "dry_run" | "failed" | "interrupted": SIGTERM/SIGINT, checkpoint
-  saved, the same command resumes), error (on failure or interruption),
+  schema_version, status ("running" | "complete" | "dry_run" | "failed" | "interrupted": SIGTERM/SIGINT in any
+  phase, a checkpoint saved when in training, the same command resumes; "complete" only when everything asked was
+  done: training took its steps with a finite loss, every eval split was scored), error (on failure or interruption),
   run_name, run_dir, command (argv), overrides, config (the composed config, resolved),
   metrics {split: {metric: value}}, params {total, backbone, trainable, saved, trainable_pct, saved_pct,
-  per_delta}, data {split: {examples, truncated_sources, truncated_targets, unlabelled (head runs: ReCoRD
-  queries without a gold candidate, skipped in training)}}, backbone (source, init, revision, counts),
+  per_delta}, data {eval split: {examples, truncated_sources}}, train_data {split, examples, truncated_sources,
+  truncated_targets | unlabelled (head runs: ReCoRD queries without a gold candidate, skipped in training)}
+  (its own key: a train split that is also evaluated keeps both counts), backbone (source, init, revision, counts),
   eval_merged (LoRA folded into the weights for evaluation), timings {setup_s, train_s,
   eval_s, train_tokens_per_s, eval_examples_per_s}, train {steps, final_loss, train_loss (mean over all steps),
   tokens, resumed_from (checkpoint or null)}, peak_memory_mb, seed,
@@ -16,31 +18,18 @@ results.json schema (version 1):
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from peftrun.errors import PeftrunError, first_line
+from peftrun.io import atomic_write_text
+
 SCHEMA_VERSION = 1
 RECORD_NAME = "results.json"
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temp file in the same folder + os.replace: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_record(run_dir: str | Path, record: dict[str, Any]) -> Path:
@@ -50,10 +39,18 @@ def write_record(run_dir: str | Path, record: dict[str, Any]) -> Path:
 
 
 def read_record(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run record in `run_dir`, None when there is none; a corrupt one is a PeftrunError naming the file."""
     path = Path(run_dir) / RECORD_NAME
     if not path.exists():
         return None
-    return json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PeftrunError(f"{path} is not a readable run record ({first_line(err)}); move it away (or choose "
+                           "another hydra.run.dir) to start this run afresh") from err
+    if not isinstance(record, dict):
+        raise PeftrunError(f"{path} is not a run record (not a JSON object); move it away to start afresh")
+    return record
 
 
 def write_predictions(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from peftrun.errors import PeftrunError
-from peftrun.records import RECORD_NAME, atomic_write_text
+from peftrun.io import atomic_write_text
+from peftrun.records import RECORD_NAME
 
 BYTES_PER_PARAM = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 RESULT_STATUSES = ("complete", "dry_run")  # rows of the table; every other status is listed as a failure
@@ -101,11 +102,34 @@ def find_records(root: str | Path) -> list[tuple[Path, dict[str, Any] | None, st
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             found.append((path, None, f"unreadable {RECORD_NAME}: {type(err).__name__}: {err}"))
             continue
-        if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
-            found.append((path, None, f"{RECORD_NAME} has no 'config' mapping (not a peftrun run record)"))
+        problem = record_problem(record)
+        if problem is not None:
+            found.append((path, None, f"malformed {RECORD_NAME}: {problem}"))
             continue
         found.append((path, record, None))
     return found
+
+
+MAPPINGS = ("metrics", "params", "timings")  # record fields the report reads, each a mapping when present
+CONFIG_GROUPS = ("task", "backbone", "method", "trainer")
+
+
+def record_problem(record: Any) -> str | None:
+    """Why `record` cannot be a row of the report (wrong shapes of the fields it reads), or None."""
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        return "no 'config' mapping (not a peftrun run record)"
+    for group in CONFIG_GROUPS:
+        if record["config"].get(group) is not None and not isinstance(record["config"][group], dict):
+            return f"config.{group} is not a mapping"
+    for name in MAPPINGS:
+        if record.get(name) is not None and not isinstance(record[name], dict):
+            return f"{name!r} is not a mapping"
+    if any(not isinstance(v, dict) for v in (record.get("metrics") or {}).values()):
+        return "'metrics' is not a mapping of split -> {metric: value}"
+    eval_splits = _get(record["config"], "task", "eval_splits")
+    if eval_splits is not None and not isinstance(eval_splits, list):
+        return "config.task.eval_splits is not a list"
+    return None
 
 
 def build_report(found: Sequence[tuple[Path, dict[str, Any] | None, str | None]]) -> Report:
@@ -115,6 +139,11 @@ def build_report(found: Sequence[tuple[Path, dict[str, Any] | None, str | None]]
     for path, record, error in found:
         if record is None:
             failures.append(Failure(str(path.parent), "unreadable", error or ""))
+            continue
+        try:
+            json.dumps(record["config"], sort_keys=True, default=str)
+        except (TypeError, ValueError) as err:  # e.g. keys of mixed types cannot be sorted
+            failures.append(Failure(str(path.parent), "unreadable", f"malformed {RECORD_NAME}: {err}"))
             continue
         cfg = record["config"]
         names = _names(cfg)
@@ -368,7 +397,6 @@ def print_tables(report: Report, console: Any) -> None:
 def write_report(root: str | Path, out: str | Path | None = None, metric: str | None = None,
                  console: Any = None) -> dict[str, Path | None]:
     """Aggregate the records under `root`, write report.csv/.md/.png into `out` (default: `root`)."""
-    from peftrun.plot import plot_tradeoff
 
     found = find_records(root)
     if not found:
@@ -378,6 +406,19 @@ def write_report(root: str | Path, out: str | Path | None = None, metric: str | 
         raise PeftrunError(f"--metric {metric!r} is in no run record under {root}; "
                            f"available: {', '.join(report.metric_names) or 'none (no evaluated runs)'}")
     out_dir = Path(out) if out is not None else (Path(root).parent if Path(root).is_file() else Path(root))
+    if out_dir.exists() and not out_dir.is_dir():
+        raise PeftrunError(f"--out {out_dir} is a file, not a folder; give a folder for report.csv/.md/.png")
+    try:
+        return _write_outputs(root, out_dir, report, metric, console)
+    except OSError as err:
+        raise PeftrunError(f"cannot write the report into {out_dir}: {err.strerror or err}"
+                           f"{f' ({err.filename})' if err.filename else ''}") from err
+
+
+def _write_outputs(root: str | Path, out_dir: Path, report: Report, metric: str | None,
+                   console: Any) -> dict[str, Path | None]:
+    from peftrun.plot import plot_tradeoff
+
     out_dir.mkdir(parents=True, exist_ok=True)
 
     buffer = io.StringIO()

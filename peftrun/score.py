@@ -13,24 +13,23 @@ FILE is one of (detected by extension, else by its first line):
 JSONL/TSV lines are matched to examples by input (the k-th line for an input goes to the k-th example with that
 input; one line for an input shared by several examples serves them all). Unmatched lines or examples left without
 a prediction are an error that says how many and shows the first. Metrics print as a table; `output` also writes
-them as JSON (atomically: a temporary file, then os.replace).
+them as JSON (atomically, peftrun/io.py).
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from peftrun.config import CONF_DIR, register_configs
 from peftrun.errors import PeftrunError
+from peftrun.io import atomic_write_json
 
 register_configs()
 
@@ -50,7 +49,7 @@ def read_predictions(path: Path, examples: list[Any], where: str, split: str | N
     "split" field names another split than `split` are ignored (a run's predictions.jsonl holds every eval split)."""
     if not path.is_file():
         raise PeftrunError(f"predictions file {path} not found; set predictions=FILE")
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = read_utf8(path, "the predictions file").split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the final newline ends the last line; it does not start an empty one
     lines = [line.removesuffix("\r") for line in lines]
@@ -63,8 +62,40 @@ def read_predictions(path: Path, examples: list[Any], where: str, split: str | N
                 f"(one line per grouped example, in the task's order)"
             )
         return lines
-    records = _jsonl_records(path, lines, split) if kind == "jsonl" else _tsv_records(lines, index)
+    ids = {example.id for example in examples}
+    records = _jsonl_records(path, lines, split, ids) if kind == "jsonl" else _tsv_records(lines, index)
     return _match(path, records, examples, index, where)
+
+
+class Line(NamedTuple):
+    """One prediction read from a JSONL / TSV file: where, the key naming its example, and whether it is an id."""
+
+    number: int
+    text: str
+    key: str | None
+    prediction: str | None
+    by_id: bool = False
+
+
+def read_utf8(path: Path, what: str) -> str:
+    """The file's text; a file that is not UTF-8 is one PeftrunError naming it and the line of the first bad byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise PeftrunError(f"{path} line {line}: {what} is not UTF-8 text (byte {data[err.start]:#04x} at "
+                           f"offset {err.start}); re-encode it as UTF-8") from err
+
+
+def write_output(path: Path, payload: dict[str, Any]) -> None:
+    """The scores as JSON at `path` (atomically); a folder or an unwritable place is one PeftrunError."""
+    if path.is_dir():
+        raise PeftrunError(f"output={path} is a directory; give a file name, e.g. output={path / 'scores.json'}")
+    try:
+        atomic_write_json(path, payload)
+    except OSError as err:
+        raise PeftrunError(f"cannot write output={path}: {err.strerror or err}") from err
 
 
 def _input_index(examples: list[Any]) -> dict[str, list[int]]:
@@ -96,18 +127,19 @@ def _tsv_fields(line: str) -> list[str]:
     return next(csv.reader([line], delimiter="\t"), [""]) or [""]
 
 
-def _tsv_records(lines: list[str], index: dict[str, list[int]]) -> list[tuple[int, str, str | None, str]]:
+def _tsv_records(lines: list[str], index: dict[str, list[int]]) -> list[Line]:
     """(line number, line, input, prediction) per TSV row; a first row naming no input is a header."""
     records = []
     for number, line in enumerate(lines, start=1):
         fields = _tsv_fields(line)
         if number == 1 and fields[0] not in index:
             continue  # header, e.g. "MR<TAB>output"
-        records.append((number, line, fields[0], fields[1] if len(fields) > 1 else None))
+        records.append(Line(number, line, fields[0], fields[1] if len(fields) > 1 else None))
     return records
 
 
-def _jsonl_records(path: Path, lines: list[str], split: str | None) -> list[tuple[int, str, str | None, str]]:
+def _jsonl_records(path: Path, lines: list[str], split: str | None, ids: set[str]) -> list[Line]:
+    """One Line per object; keyed by "id" when it names an example (one line, one example), else by "input"."""
     records = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -120,18 +152,31 @@ def _jsonl_records(path: Path, lines: list[str], split: str | None) -> list[tupl
             raise PeftrunError(f'{path} line {number} has no string "prediction" field: {line[:120]}')
         if split is not None and obj.get("split", split) != split:
             continue
-        key = obj.get("input") if isinstance(obj.get("input"), str) else obj.get("id")
-        records.append((number, line, None if key is None else str(key), obj["prediction"]))
+        by_id = obj.get("id") is not None and str(obj["id"]) in ids
+        key = str(obj["id"]) if by_id else obj.get("input") if isinstance(obj.get("input"), str) else obj.get("id")
+        records.append(Line(number, line, None if key is None else str(key), obj["prediction"], by_id))
     return records
 
 
-def _match(path: Path, records: list[tuple[int, str, str | None, str]], examples: list[Any],
-           index: dict[str, list[int]], where: str) -> list[str]:
-    """Assign each record to the next example of its input; an input's last prediction fills its other examples."""
+def _match(path: Path, records: list[Line], examples: list[Any], index: dict[str, list[int]], where: str) -> list[str]:
+    """Assign each record to the next example of its input; an input's last prediction fills its other examples.
+    A record keyed by example id scores that example only; an id named twice is an error."""
     found: list[str | None] = [None] * len(examples)
     last: dict[str, str] = {}
     unmatched: list[tuple[int, str]] = []
-    for number, line, key, prediction in records:
+    id_lines: dict[str, int] = {}
+    for number, line, key, prediction, by_id in records:
+        if by_id:
+            if key in id_lines:
+                raise PeftrunError(f"{path} line {number}: example id {key!r} was already predicted on line "
+                                   f"{id_lines[key]}; give one prediction per example id")
+            id_lines[str(key)] = number
+            slot = next(i for i in index[str(key)] if examples[i].id == key)
+            if found[slot] is not None or prediction is None:
+                unmatched.append((number, line))
+            else:
+                found[slot] = prediction
+            continue
         slots = index.get(key or "", [])
         free = next((i for i in slots if found[i] is None), None)
         if free is None or prediction is None:
@@ -157,17 +202,6 @@ def _match(path: Path, records: list[tuple[int, str, str | None, str]], examples
     return [p for p in found if p is not None]
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it over `path` (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                     suffix=".tmp", delete=False) as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        tmp = handle.name
-    os.replace(tmp, path)
-
-
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="score")
 def main(cfg: DictConfig) -> None:
     from rich.table import Table
@@ -181,7 +215,7 @@ def main(cfg: DictConfig) -> None:
         if cfg.output:
             payload = {"task": cfg.task.name, "split": cfg.split, "predictions": str(Path(cfg.predictions).resolve()),
                        "metrics": scores}
-            write_json_atomic(Path(cfg.output), payload)
+            write_output(Path(cfg.output), payload)
     except PeftrunError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

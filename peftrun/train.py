@@ -162,20 +162,7 @@ class PeftrunTrainer(Trainer):
         save_file(trainable_state(self.model), os.path.join(output_dir, TRAINABLE_WEIGHTS))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        model = model if model is not None else self.model
-        path = os.path.join(resume_from_checkpoint, TRAINABLE_WEIGHTS)
-        state = load_file(path)
-        expected = trainable_state(model)
-        if set(state) != set(expected):
-            raise PeftrunError(
-                f"checkpoint {resume_from_checkpoint} does not match this method's trainable parameters "
-                f"({len(state)} vs {len(expected)} tensors); resume with the same method, or start a new run dir"
-            )
-        unwrapped = getattr(model, "module", model)
-        with torch.no_grad():
-            params = dict(unwrapped.named_parameters())
-            for name, tensor in state.items():
-                params[name].copy_(tensor)
+        load_trainable(model if model is not None else self.model, resume_from_checkpoint)
 
     def _get_train_sampler(self, train_dataset=None):
         """The epoch's order is a function of (seed, epoch): resumable anywhere, the same on every rank."""
@@ -208,6 +195,22 @@ class PeftrunTrainer(Trainer):
         return (loss, None) if return_outputs else loss
 
 
+def load_trainable(model: nn.Module, checkpoint: str) -> None:
+    """Copy a checkpoint's trainable tensors into `model` (the same method's parameters, by name)."""
+    state = load_file(os.path.join(checkpoint, TRAINABLE_WEIGHTS))
+    expected = trainable_state(model)
+    if set(state) != set(expected):
+        raise PeftrunError(
+            f"checkpoint {checkpoint} does not match this method's trainable parameters "
+            f"({len(state)} vs {len(expected)} tensors); resume with the same method, or start a new run dir"
+        )
+    unwrapped = getattr(model, "module", model)
+    with torch.no_grad():
+        params = dict(unwrapped.named_parameters())
+        for name, tensor in state.items():
+            params[name].copy_(tensor)
+
+
 def training_arguments(
     trainer_cfg: Any, output_dir: str, has_train: bool, logger_cfg: Any | None = None, run_dir: str | None = None
 ) -> TrainingArguments:
@@ -238,9 +241,11 @@ def training_arguments(
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         logging_steps=trainer_cfg.logging_steps,
+        logging_nan_inf_filter=False,  # a non-finite loss must reach the log (StopOnNonFinite fails the run)
         include_num_input_tokens_seen="non_padding",  # state.num_input_tokens_seen: all ranks, survives resume
-        save_strategy="steps" if trainer_cfg.save_every > 0 else "no",
-        save_steps=max(trainer_cfg.save_every, 1),
+        # eval_every alone saves at its evaluations (SelectBest): the selected step must be on disk
+        save_strategy="steps" if trainer_cfg.save_every > 0 or trainer_cfg.eval_every > 0 else "no",
+        save_steps=max(trainer_cfg.save_every or trainer_cfg.eval_every, 1),
         save_total_limit=2,  # the newest for resume + one in case the newest was cut mid-write
         eval_strategy="no",
         report_to=report_to,
@@ -427,26 +432,140 @@ def mean_logged_loss(history: list[dict[str, Any]]) -> float | None:
 
 
 def last_checkpoint(directory: str) -> str | None:
-    """The newest complete `checkpoint-<step>` folder, or None.
+    """The newest usable `checkpoint-<step>` folder, or None (see `usable_checkpoint`)."""
+    return usable_checkpoint(directory)[0]
 
-    Complete = trainable weights present and trainer_state.json (written last by the Trainer) parses: a folder
-    cut mid-write by SIGKILL is skipped and the previous checkpoint (save_total_limit keeps two) is used.
+
+CHECKPOINT_TENSOR_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt")  # + rng_state*.pth
+
+
+def usable_checkpoint(directory: str) -> tuple[str | None, list[tuple[str, str]]]:
+    """(the newest checkpoint whose every file reads, [(newer folder skipped, why)]).
+
+    Usable = trainer_state.json (written last by the Trainer) parses, the trainable weights load, and the
+    optimizer / scheduler / RNG files the Trainer will restore load (with weights_only, as the Trainer does). A
+    folder cut mid-write by SIGKILL or corrupted on disk is skipped, naming it, and the previous one
+    (save_total_limit keeps two) is used.
     """
     if not os.path.isdir(directory):
-        return None
-    steps = []
-    for name in os.listdir(directory):
-        folder = os.path.join(directory, name)
-        if name.startswith("checkpoint-") and name.split("-")[-1].isdigit() and _complete(folder):
-            steps.append(int(name.split("-")[-1]))
-    return os.path.join(directory, f"checkpoint-{max(steps)}") if steps else None
+        return None, []
+    steps = sorted((int(name.split("-")[-1]) for name in os.listdir(directory)
+                    if name.startswith("checkpoint-") and name.split("-")[-1].isdigit()), reverse=True)
+    skipped = []
+    for step in steps:
+        folder = os.path.join(directory, f"checkpoint-{step}")
+        problem = _unreadable(folder)
+        if problem is None:
+            return folder, skipped
+        skipped.append((folder, problem))
+    return None, skipped
 
 
-def _complete(folder: str) -> bool:
-    if not os.path.exists(os.path.join(folder, TRAINABLE_WEIGHTS)):
-        return False
+def _unreadable(folder: str) -> str | None:
+    """Why the checkpoint in `folder` cannot be resumed from, or None when every file reads."""
     try:
         with open(os.path.join(folder, "trainer_state.json")) as handle:
-            return "global_step" in json.load(handle)
-    except (OSError, ValueError):
-        return False
+            if "global_step" not in json.load(handle):
+                return "trainer_state.json has no global_step"
+    except (OSError, ValueError) as err:
+        return f"trainer_state.json unreadable ({type(err).__name__})"
+    try:
+        load_file(os.path.join(folder, TRAINABLE_WEIGHTS))
+    except Exception as err:  # safetensors raises its own error types for a truncated or garbled file
+        return f"{TRAINABLE_WEIGHTS} unreadable ({type(err).__name__}: {str(err)[:80]})"
+    from transformers.trainer_pt_utils import safe_globals
+
+    names = [n for n in os.listdir(folder) if n in CHECKPOINT_TENSOR_FILES or
+             (n.startswith("rng_state") and n.endswith(".pth"))]
+    for name in names:
+        try:
+            with safe_globals():
+                torch.load(os.path.join(folder, name), map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError ... for a corrupt file
+            return f"{name} unreadable ({type(err).__name__}: {str(err)[:80]})"
+    return None
+
+
+def finished_state(checkpoint: str | None) -> Any:
+    """The TrainerState of `checkpoint` when it was saved at the run's last step (training is done), else None.
+
+    Resuming such a checkpoint would make the Trainer take one step beyond max_steps; the caller loads its
+    weights and goes straight to evaluation instead.
+    """
+    from transformers import TrainerState
+
+    if checkpoint is None:
+        return None
+    state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+    return state if state.max_steps and state.global_step >= state.max_steps else None
+
+
+class SaveAtEnd(TrainerCallback):
+    """With periodic checkpoints, also save at the last step: a kill during evaluation then costs no training."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if args.save_strategy != "no" and state.global_step >= state.max_steps:
+            control.should_save = True
+        return control
+
+
+class StopOnNonFinite(TrainerCallback):
+    """Stop as soon as a logged training loss is NaN or infinite; `diverged_at` = (step, loss) for the caller,
+    which records the run as failed (its weights are garbage, whatever evaluation would print)."""
+
+    def __init__(self) -> None:
+        self.diverged_at: tuple[int, float] | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss) and self.diverged_at is None:
+            self.diverged_at = (state.global_step, loss)
+            control.should_training_stop = True
+        return control
+
+
+class SelectBest(TrainerCallback):
+    """Every `every` steps and at the last step: evaluate the model (`evaluate()` -> the selection metric), keep the
+    best step in the trainer state and save a checkpoint there.
+
+    The state (best_metric, best_global_step, and one `select_<metric>` entry per evaluation in the log history) is
+    written into every checkpoint, so a resumed run selects as an uninterrupted one; the Trainer's rotation keeps
+    the best checkpoint besides the newest. The global RNG state is restored after each evaluation: training takes
+    the same steps with or without it.
+    """
+
+    def __init__(self, every: int, evaluate: Any, metric: str, mode: str) -> None:
+        self.every, self.evaluate, self.metric, self.mode = every, evaluate, metric, mode
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every and state.global_step < state.max_steps:
+            return control
+        rng = torch.get_rng_state()
+        cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        try:
+            value = float(self.evaluate())
+        finally:
+            torch.set_rng_state(rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state_all(cuda_rng)
+            if model is not None:
+                model.train()
+        state.log_history.append({"step": state.global_step, f"select_{self.metric}": value})
+        best = state.best_metric
+        if math.isfinite(value) and (best is None or (value > best if self.mode == "max" else value < best)):
+            state.best_metric, state.best_global_step = value, state.global_step
+        control.should_save = True
+        return control
+
+
+def selection_summary(state: Any, metric: str) -> dict[str, Any]:
+    """What the record says about checkpoint selection: every evaluation and the selected step."""
+    key = f"select_{metric}"
+    history = [[entry["step"], entry[key]] for entry in state.log_history if key in entry]
+    return {"metric": metric, "evaluated": history, "selected_step": state.best_global_step,
+            "selected_value": state.best_metric}
+
+
+def non_finite_parameters(model: nn.Module) -> list[str]:
+    """Names of trainable parameters holding NaN or inf."""
+    return [name for name, tensor in trainable_state(model).items() if not torch.isfinite(tensor).all()]

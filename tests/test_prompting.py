@@ -202,3 +202,25 @@ def test_content_free_prompt_keeps_demonstrations_and_options() -> None:
     assert built.content_free.startswith("word0 shared")
     assert built.content_free.endswith('N/A\n\nBased on the paragraph above can we conclude that "N/A"?\n\n'
                                        "OPTIONS:\n- yes\n- no")
+
+
+def test_dense_retriever_ranks_by_minilm_cosine(tmp_path: Path) -> None:
+    encoder = Path("~/.cache/peftrun/models/minilm-l6").expanduser()
+    if not (encoder / "config.json").is_file():
+        pytest.skip(f"{encoder} not present (../shared/tools/fetch-real-models fetches MiniLM)")
+    pool = ["The stock market fell sharply today.", "A recipe for chocolate cake.", "Shares dropped on Wall Street."]
+    ranked = rank_pool("dense", ["Stocks lost value this morning."], ["q"], pool, ["0", "1", "2"], 3, 0, [],
+                       str(encoder), str(tmp_path))
+    assert ranked[0][-1] == 1 and set(ranked[0]) == {0, 1, 2}  # the cake is least similar
+
+
+def test_generated_option_text_becomes_the_label_the_task_scores() -> None:
+    require_data("instructions")
+    from peftrun.formulations.text import option_label
+
+    sg = task("rte")
+    builder = PromptBuilder(prompt_cfg(source="flan", template="0"), sg, str(DATA_DIR))
+    built = builder.build(sg.load("validation", grouped=True)[:1], [], words, 10_000, None)[0]
+    assert built.options == ["yes", "no"]
+    assert [option_label(sg, built, t) for t in (" No.", "yes", "perhaps")] == ["not_entailment", "entailment",
+                                                                                 "perhaps"]

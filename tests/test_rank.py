@@ -12,7 +12,13 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from peftrun.config import CONF_DIR, register_configs
-from peftrun.formulations.rank import choose, option_logprobs, option_logprobs_reference, option_scores
+from peftrun.formulations.rank import (
+    choose,
+    option_logprobs,
+    option_logprobs_reference,
+    option_scores,
+    rechoose,
+)
 from tests.test_cli import peftrun, read_json
 
 register_configs()
@@ -83,7 +89,8 @@ def test_icl_rank_run_trains_nothing_and_records_its_prompts(tmp_path: Path, bac
             row["demonstrations"]  # the built-in rows repeat across splits: the query's duplicate is never shown
         assert row["options"] == ["entailment", "not_entailment"]
         best = choose(row["scores"], "sum", row["content_free"])
-        assert row["prediction"] == row["options"][best]
+        assert row["prediction"] == row["options"][best] == rechoose(row, "sum", calibrate=True)
+        assert rechoose(row, "mean") == row["option_labels"][choose(row["scores"], "mean")]
 
 
 def test_prompt_none_leaves_the_record_and_predictions_as_before(tmp_path: Path) -> None:

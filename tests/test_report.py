@@ -230,3 +230,64 @@ def test_metric_option_and_light_imports(tree: dict, tmp_path: Path) -> None:
     code = "import sys, peftrun.report; print(sorted(m for m in ('torch', 'matplotlib', 'hydra') if m in sys.modules))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "[]", proc.stderr
+
+
+# -- malformed records and outputs (issue 11): in process, no real run needed ----------------------------------------
+GOOD = {"status": "complete", "seed": 1, "metrics": {"validation": {"bleu": 10.0}},
+        "params": {"trainable": 10, "saved": 10, "trainable_pct": 0.5, "backbone": 2000}, "timings": {"train_s": 1.0},
+        "config": {"task": {"name": "e2e", "eval_splits": ["validation"]}, "backbone": {"name": "tiny"},
+                   "method": {"name": "lora"}, "trainer": {"seed": 1}}}
+MALFORMED = {
+    "metrics-list": {"metrics": []}, "metrics-split-number": {"metrics": {"validation": 3}},
+    "params-string": {"params": "many"}, "timings-list": {"timings": [1]}, "task-string": {"config/task": "e2e"},
+    "eval-splits-string": {"config/task/eval_splits": "validation"}, "metric-string": {"metrics/validation/bleu": "x"},
+    "trainer-list": {"config/trainer": [1]}, "config-list": {"config": [1]}, "record-list": None,
+}
+
+
+def _malformed(name: str) -> object:
+    edits = MALFORMED[name]
+    if edits is None:
+        return [GOOD]
+    record = copy.deepcopy(GOOD)
+    for dotted, value in edits.items():
+        node = record
+        *parents, leaf = dotted.split("/")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return record
+
+
+def test_malformed_records_are_listed_and_the_report_still_written(tmp_path: Path) -> None:
+    from peftrun.report import write_report
+
+    (tmp_path / "good").mkdir()
+    (tmp_path / "good" / "results.json").write_text(json.dumps(GOOD))
+    for name in MALFORMED:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(_malformed(name)))
+    written = write_report(tmp_path, tmp_path / "out")
+    with open(written["csv"], newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    complete = [r for r in rows if r["status"] == "complete"]
+    # the string metric value is left out of the numbers; that run (same config) joins the good one's row
+    assert len(complete) == 1 and complete[0]["run_dirs"].split(";") == [str(tmp_path / "good"),
+                                                                         str(tmp_path / "metric-string")]
+    assert float(complete[0]["bleu"]) == 10.0 and complete[0]["bleu_std"] == ""
+    unreadable = {Path(r["run_dirs"]).name: r["error"] for r in rows if r["status"] == "unreadable"}
+    assert set(unreadable) == set(MALFORMED) - {"metric-string"}, unreadable
+    assert all("malformed results.json" in e for e in unreadable.values())
+
+
+def test_out_onto_a_file_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from peftrun.report import main
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "results.json").write_text(json.dumps(GOOD))
+    (tmp_path / "taken").write_text("keep me\n")
+    assert main([str(tmp_path / "run"), "--out", str(tmp_path / "taken")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --out") and "taken" in lines[0]
+    assert (tmp_path / "taken").read_text() == "keep me\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "taken"]

@@ -144,27 +144,38 @@ def test_rerunning_a_complete_run_skips_it(reference: Path, tmp_path: Path) -> N
     proc = _run(run_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "already complete with this config; skipping" in proc.stdout
+    # Hydra rewrites .hydra/ and peftrun.log on every invocation; the lock file names its latest holder
+    rewritten = ("peftrun.log", ".peftrun.lock")
     after = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()
-             if ".hydra" not in p.parts and p.name != "peftrun.log"}  # Hydra rewrites these on every invocation
-    assert after == {k: v for k, v in before.items() if ".hydra" not in k.parts and k.name != "peftrun.log"}
+             if ".hydra" not in p.parts and p.name not in rewritten}
+    assert after == {k: v for k, v in before.items() if ".hydra" not in k.parts and k.name not in rewritten}
 
 
 # ---- in-process: checkpoint selection, sampler order, a changed config -----------------------------------------
 
 
-def test_last_checkpoint_skips_folders_cut_mid_write(tmp_path: Path) -> None:
-    from peftrun.train import TRAINABLE_WEIGHTS, last_checkpoint
+def test_last_checkpoint_skips_folders_cut_mid_write_or_corrupt(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from peftrun.train import TRAINABLE_WEIGHTS, last_checkpoint, usable_checkpoint
 
     assert last_checkpoint(str(tmp_path / "none")) is None
-    for step, state in ((7, '{"global_step": 7}'), (14, '{"global_step": 14, "log_hi'), (21, None)):
+    for step, state in ((7, '{"global_step": 7}'), (14, '{"global_step": 14, "log_hi'), (21, None),
+                        (35, '{"global_step": 35}'), (42, '{"global_step": 42}')):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
-        (folder / TRAINABLE_WEIGHTS).write_bytes(b"x")
+        save_file({"w": torch.ones(2)}, str(folder / TRAINABLE_WEIGHTS))
+        torch.save({"state": {}, "param_groups": []}, folder / "optimizer.pt")
         if state is not None:
             (folder / "trainer_state.json").write_text(state)
     (tmp_path / "checkpoint-28").mkdir()  # killed before its weights
     (tmp_path / "checkpoint-28" / "trainer_state.json").write_text('{"global_step": 28}')
-    assert last_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-7")
+    (tmp_path / "checkpoint-35" / TRAINABLE_WEIGHTS).write_bytes(b"\x00" * 40)  # garbled weights
+    (tmp_path / "checkpoint-42" / "optimizer.pt").write_bytes(b"PK\x03\x04 truncated")  # garbled optimizer
+    found, skipped = usable_checkpoint(str(tmp_path))
+    assert found == str(tmp_path / "checkpoint-7")
+    assert [Path(folder).name for folder, _ in skipped] == [f"checkpoint-{s}" for s in (42, 35, 28, 21, 14)]
+    assert "optimizer.pt unreadable" in skipped[0][1] and f"{TRAINABLE_WEIGHTS} unreadable" in skipped[1][1]
 
 
 def test_length_grouped_order_depends_only_on_seed_epoch_and_global_batch() -> None:

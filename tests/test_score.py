@@ -143,3 +143,59 @@ def test_tsv_system_output_through_the_command(tmp_path: Path) -> None:
                          f"predictions={folder / 'system_outputs' / 'tgen.tsv'}", "output=tgen.json", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert round(json.loads((tmp_path / "tgen.json").read_text())["metrics"]["bleu"], 2) == 65.93
+
+
+# -- hostile prediction files (issue 11) ------------------------------------------------------------------------
+def test_non_utf8_predictions_are_one_error_naming_the_line(tmp_path: Path) -> None:
+    examples = synthetic_examples()
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"first\nsecond \xff\xfe\n")
+    with pytest.raises(PeftrunError, match=rf"{path} line 2: the predictions file is not UTF-8"):
+        read_predictions(path, examples, "here")
+
+
+def test_a_duplicated_example_id_is_an_error_naming_it(tmp_path: Path) -> None:
+    """One prediction line may score one example: the same id twice is refused, even when the examples share an
+    input (where an input-keyed line serves every example of that input)."""
+    examples = synthetic_examples()
+    lines = [json.dumps({"id": e.id, "prediction": e.references[0]}) for e in examples]
+    lines.append(json.dumps({"id": examples[3].id, "prediction": "again"}))
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(PeftrunError, match=rf"line {len(lines)}: example id '{examples[3].id}' was already predicted "
+                                           "on line 4"):
+        read_predictions(path, examples, "here")
+    # an id names its example even when the line also carries a shared input: one line never fills two examples
+    twins = [examples[0], type(examples[0])("other-id", examples[0].source, "t", ("t",), {})]
+    path.write_text(json.dumps({"id": examples[0].id, "input": examples[0].source, "prediction": "p"}) + "\n")
+    with pytest.raises(PeftrunError, match="1 of 2 examples have no prediction .*other-id"):
+        read_predictions(path, twins, "here")
+
+
+def test_output_onto_a_directory_is_one_error_and_leaves_no_temp(tmp_path: Path) -> None:
+    predictions = hand_made_predictions(synthetic_examples())
+    (tmp_path / "p.txt").write_text("\n".join(predictions) + "\n", encoding="utf-8")
+    (tmp_path / "out").mkdir()
+    proc = peftrun_score("task=synthetic", "split=validation", "predictions=p.txt", "output=out", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: output=out is a directory"), proc.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["out", "p.txt"]
+
+
+def test_ter_is_skipped_and_recorded_for_degenerate_lengths(caplog: pytest.LogCaptureFixture) -> None:
+    from sacrebleu.metrics import TER
+
+    from peftrun.metrics.generation import TER_MAX_RATIO, TER_SLACK_WORDS, generation_scores
+
+    refs = [["the eagle is a pub"], ["a cheap french restaurant"]]
+    normal = ["the eagle is a cheap pub", "french restaurant"]
+    got = generation_scores(normal, refs)
+    assert got["ter"] == pytest.approx(TER().corpus_score(normal, [[r[0] for r in refs]]).score)
+    limit = TER_MAX_RATIO * 5 + TER_SLACK_WORDS
+    at_limit = [" ".join(["pub"] * limit), "french restaurant"]
+    assert "ter" in generation_scores(at_limit, refs, metrics=("ter",))
+    over = [" ".join(["pub"] * (limit + 1)), "french restaurant"]
+    got = generation_scores(over, refs)
+    assert "ter" not in got and got["ter_skipped_long"] == 1.0 and "bleu" in got and "chrf" in got
+    assert "TER not computed: 1 of 2 predictions" in caplog.text

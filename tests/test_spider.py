@@ -19,6 +19,7 @@ from peftrun.metrics.spider import (
     DbSchema,
     ExecLimits,
     SpiderEvaluator,
+    SpiderParseError,
     load_tables,
     parse_sql,
     results_equal,
@@ -323,3 +324,53 @@ def test_shared_dev_set() -> None:
 def _names(task: SpiderTask, db: str) -> tuple[dict[str, list[str]], dict[str, str]]:
     schema = task.schemas("validation")[db]
     return schema.names(), schema.id_map()
+
+
+# -- hostile predictions and files (issue 11) ----------------------------------------------------------------------
+def test_five_hundred_chained_unions_are_an_unparsable_prediction(concert_db: Path) -> None:
+    evaluator = SpiderEvaluator(SCHEMAS, concert_db.parent.parent)
+    union = " UNION ".join(["SELECT name FROM singer"] * 500)
+    nested = "SELECT name FROM singer WHERE age IN " * 200 + "(SELECT age FROM singer" + ")" * 199
+    metrics, verdicts = evaluator.evaluate([(union, "SELECT name FROM singer", "concert_singer"),
+                                            (nested, "SELECT name FROM singer", "concert_singer")])
+    assert [v.pred_parsed for v in verdicts] == [False, False] and not any(v.exact for v in verdicts)
+    assert "nests more than" in (verdicts[0].note or "")
+    assert metrics["pred_parse_errors"] == 2.0
+    with pytest.raises(SpiderParseError):  # the gold side gets the same bound
+        parse_sql(union, *_names(spider_task(data_dir="builtin"), "concert_singer"))
+
+
+def test_db_id_cannot_reach_outside_the_database_folder(concert_db: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere" / "secret" / "secret.sqlite"
+    outside.parent.mkdir(parents=True)
+    shutil.copyfile(concert_db, outside)
+    schema = SCHEMAS["concert_singer"]
+    hostile = {name: DbSchema(name, schema.tables, schema.columns) for name in
+               (str(outside.parent), "../elsewhere/secret", "..", "/etc")}
+    db_dir = concert_db.parent.parent / "inner"
+    (db_dir / "concert_singer").mkdir(parents=True)
+    shutil.copyfile(concert_db, db_dir / "concert_singer" / "concert_singer.sqlite")
+    evaluator = SpiderEvaluator(hostile, db_dir)
+    for db_id in hostile:
+        assert evaluator.database(db_id) is None, db_id
+        verdict = evaluator.verdict("SELECT name FROM singer", "SELECT name FROM singer", db_id)
+        assert verdict.execution is None and "plain folder name" in (verdict.db_error or "")
+    metrics, _ = evaluator.evaluate([("SELECT name FROM singer", "SELECT name FROM singer", d) for d in hostile])
+    assert "exec_accuracy" not in metrics and metrics["exec_db_errors"] == 4.0
+
+
+def test_a_corrupt_database_is_warned_and_counted(concert_db: Path, caplog) -> None:
+    concert_db.write_bytes(b"this is not an sqlite database" * 100)
+    evaluator = SpiderEvaluator(SCHEMAS, concert_db.parent.parent)
+    triples = [("SELECT name FROM singer", "SELECT name FROM singer", "concert_singer")] * 3
+    metrics, verdicts = evaluator.evaluate(triples)
+    assert metrics["exec_db_errors"] == 3.0 and "exec_accuracy" not in metrics
+    assert all(v.execution is None and str(concert_db) in (v.db_error or "") for v in verdicts)
+    assert caplog.text.count(str(concert_db)) == 1  # one warning per database, naming it
+
+
+def test_corrupt_tables_json_is_one_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "dev.json").write_text(json.dumps([{"db_id": "x", "question": "q", "query": "SELECT 1"}]))
+    (tmp_path / "tables.json").write_text(json.dumps([{"db_id": "x"}]))
+    with pytest.raises(PeftrunError, match=rf"{tmp_path / 'tables.json'}: entry 0 is not a tables.json schema"):
+        spider_task(data_dir=str(tmp_path)).load("validation", grouped=True)

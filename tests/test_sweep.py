@@ -37,11 +37,13 @@ def test_a_failing_job_is_recorded_and_the_others_complete_then_a_rerun_skips_th
     sweep = tmp_path / "sweep"
     proc = _sweep("trainer.lr=5e-4,-1.0,1e-3", *FAST, f"hydra.sweep.dir={sweep}")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "job 1 failed: ValueError: Invalid learning rate: -1.0" in proc.stdout
+    bad_lr = ("trainer.lr=-1.0 is not allowed: a finite number >= 0 (0 keeps the initial weights); set trainer.lr to "
+              "such a value")
+    assert f"job 1 failed: {bad_lr}" in proc.stdout  # refused before any work (peftrun/validation.py)
     records = _records(sweep)
     assert sorted(records) == ["0_tiny-gpt2_lora_synthetic", "1_tiny-gpt2_lora_synthetic", "2_tiny-gpt2_lora_synthetic"]
     failed = records["1_tiny-gpt2_lora_synthetic"]
-    assert failed["status"] == "failed" and failed["error"] == "ValueError: Invalid learning rate: -1.0"
+    assert failed["status"] == "failed" and failed["error"] == f"PeftrunError: {bad_lr}"
     assert failed["config"]["trainer"]["lr"] == -1.0
     for name in ("0_tiny-gpt2_lora_synthetic", "2_tiny-gpt2_lora_synthetic"):  # job 2 ran after the failure
         assert records[name]["status"] == "complete" and records[name]["train"]["steps"] == 4
@@ -49,13 +51,13 @@ def test_a_failing_job_is_recorded_and_the_others_complete_then_a_rerun_skips_th
 
     report = build_report(find_records(sweep))  # what peftrun-report tabulates
     assert [row.variant for row in report.rows] == ["trainer.lr=0.0005", "trainer.lr=0.001"]
-    assert [(f.status, f.error) for f in report.failures] == [("failed", "ValueError: Invalid learning rate: -1.0")]
+    assert [(f.status, f.error) for f in report.failures] == [("failed", f"PeftrunError: {bad_lr}")]
 
     before = {name: (sweep / name / "results.json").read_bytes() for name in records}
     proc = _sweep("trainer.lr=5e-4,-1.0,1e-3", *FAST, f"hydra.sweep.dir={sweep}")  # an interrupted sweep, resumed
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("already complete with this config; skipping") == 2
-    assert "job 1 failed: ValueError" in proc.stdout  # the failed job is tried again
+    assert f"job 1 failed: {bad_lr}" in proc.stdout  # the failed job is tried again
     for name in ("0_tiny-gpt2_lora_synthetic", "2_tiny-gpt2_lora_synthetic"):
         assert (sweep / name / "results.json").read_bytes() == before[name]
     assert _records(sweep)["1_tiny-gpt2_lora_synthetic"]["status"] == "failed"

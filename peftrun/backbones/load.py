@@ -27,7 +27,7 @@ from peftrun.backbones.families import Family, anatomy_of, family_of_model_type,
 from peftrun.backbones.hub import cached_commit, hf_hub_cache, hub_access, in_hf_cache
 from peftrun.backbones.tiny import tiny_config, tiny_tokenizer
 from peftrun.backbones.tokenizer import STYLE_OF_MODEL_TYPE, apply_specials, load_tiny_tokenizer, style_for, wrap
-from peftrun.errors import PeftrunError
+from peftrun.errors import PeftrunError, first_line
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
@@ -163,7 +163,7 @@ def _load_pretrained(cfg: BackboneConfig, family: Family, auto_name: str,
     try:
         config = transformers.AutoConfig.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as err:
-        raise PeftrunError(f"backbone {cfg.name!r}: no config at {where!r} ({_first_line(err)})") from err
+        raise PeftrunError(f"backbone {cfg.name!r}: no config at {where!r} ({first_line(err)})") from err
     if config.model_type not in family.model_types:  # checked before the weights are read
         raise PeftrunError(
             f"backbone {cfg.name!r}: {where!r} is a {config.model_type!r} model, not family {family.name!r}; "
@@ -174,7 +174,7 @@ def _load_pretrained(cfg: BackboneConfig, family: Family, auto_name: str,
     try:
         model = getattr(transformers, auto_name).from_pretrained(where, config=config, dtype=_dtype(cfg), **kwargs)
     except (OSError, ValueError) as err:
-        raise PeftrunError(f"backbone {cfg.name!r}: cannot load {where!r} as {auto_name}: {_first_line(err)}") from err
+        raise PeftrunError(f"backbone {cfg.name!r}: cannot load {where!r} as {auto_name}: {first_line(err)}") from err
     tokenizer_where = cfg.tokenizer or cfg.source
     tokenizer = _load_tokenizer(tokenizer_where, cfg.revision if cfg.tokenizer is None else None, cfg.name, family)
     _fill_pad(tokenizer)
@@ -202,11 +202,6 @@ def _dtype(cfg: BackboneConfig) -> Any:
     return getattr(torch, cfg.dtype)
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
-
-
 def _is_pathlike(source: str) -> bool:
     return source.startswith(("/", "./", "../", "~")) or os.path.isdir(os.path.expanduser(source))
 
@@ -232,7 +227,7 @@ def _load_tokenizer(where: str, revision: str | None, name: str, family: Family)
         return AutoTokenizer.from_pretrained(location, **kwargs)
     except (OSError, ValueError) as err:
         raise PeftrunError(
-            f"backbone {name!r}: no tokenizer loadable from {location!r} ({_first_line(err)}); "
+            f"backbone {name!r}: no tokenizer loadable from {location!r} ({first_line(err)}); "
             "set backbone.tokenizer=<directory or hub id>"
         ) from err
 
@@ -276,7 +271,7 @@ def _build(auto_name: str, config: PretrainedConfig, meta: bool) -> Any:
             torch.manual_seed(INIT_SEED)
             return auto_class.from_config(config, dtype=torch.float32)
     except ValueError as err:  # e.g. a config this Auto class has no model for
-        raise PeftrunError(f"cannot build {auto_name} from a {config.model_type} config: {_first_line(err)}") from err
+        raise PeftrunError(f"cannot build {auto_name} from a {config.model_type} config: {first_line(err)}") from err
 
 
 def _random_init_config(cfg: BackboneConfig, family: Family) -> tuple[Any, str]:
@@ -305,7 +300,7 @@ def _random_init_config(cfg: BackboneConfig, family: Family) -> tuple[Any, str]:
         try:
             config = AutoConfig.from_pretrained(where, **kwargs)
         except (OSError, ValueError) as err:
-            raise PeftrunError(f"backbone {cfg.name!r}: no config at {where!r} ({_first_line(err)})") from err
+            raise PeftrunError(f"backbone {cfg.name!r}: no config at {where!r} ({first_line(err)})") from err
         source = str(where)
     if config.model_type not in family.model_types:
         raise PeftrunError(

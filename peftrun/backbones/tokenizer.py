@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -24,7 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from peftrun.backbones.corpus import corpus_text
-from peftrun.errors import PeftrunError
+from peftrun.errors import PeftrunError, first_line
+from peftrun.io import current_umask
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -171,6 +173,13 @@ def load_tiny_tokenizer(style: str, cache_dir: str, vocab_size: int = TINY_VOCAB
     if style not in STYLES:
         raise PeftrunError(f"unknown tokenizer style {style!r}; known: {', '.join(sorted(STYLES))}")
     final = tiny_tokenizer_dir(style, cache_dir, vocab_size)
+    if (final / "tokenizer.json").is_file():
+        try:
+            return PreTrainedTokenizerFast.from_pretrained(str(final))
+        except Exception as err:  # a corrupt or planted cache entry (JSON only: nothing in it can run) is rebuilt
+            logging.getLogger(__name__).warning("ignoring unusable tokenizer cache entry %s (%s); rebuilding it",
+                                                final, first_line(err))
+            shutil.rmtree(final, ignore_errors=True)
     if not (final / "tokenizer.json").is_file():
         tokenizer = train_tiny_tokenizer(style, vocab_size)
         try:
@@ -182,6 +191,7 @@ def load_tiny_tokenizer(style: str, cache_dir: str, vocab_size: int = TINY_VOCAB
         try:
             tokenizer.save_pretrained(str(tmp))
             (tmp / "peftrun_recipe.json").write_text(json.dumps(_recipe(style, vocab_size), indent=2) + "\n")
+            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp gives 0700; a shared cache follows the umask
             os.rename(tmp, final)
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)

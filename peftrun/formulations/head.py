@@ -30,8 +30,8 @@ class HeadFormulation:
         data = encode_head_examples(examples, backbone.tokenizer, self.name, cfg.task.max_source_length,
                                     cfg.paths.cache_dir)
         dataset = HeadDataset(data, self.name)
-        record["data"][cfg.task.train_split] = {"examples": len(dataset), "truncated_sources": data.truncated,
-                                                "unlabelled": len(data) - len(dataset)}
+        record["train_data"] = {"split": cfg.task.train_split, "examples": len(dataset),
+                                "truncated_sources": data.truncated, "unlabelled": len(data) - len(dataset)}
         if not len(dataset):
             raise PeftrunError(f"task {cfg.task.name!r}: none of the {len(data)} {cfg.task.train_split} examples "
                                "has a gold label for the head; check task.train_split and the data")

@@ -197,4 +197,16 @@ class RankFormulation:
                 extras.append(extra)
                 advance(1)
         head = self.task.head if self.task.head in ("classification", "candidates") else "classification"
+        for ex, opts, extra in zip(examples, options, extras, strict=True):
+            # what task.score reads for each option: re-choosing from the scores needs no task knowledge
+            extra["option_labels"] = label_strings(self.task, [ex] * len(opts), list(range(len(opts))), head)
         return label_strings(self.task, examples, chosen, head), extras
+
+
+def rechoose(row: dict[str, Any], normalize: str = "sum", calibrate: bool = False) -> str:
+    """A predictions.jsonl row of a rank run re-decided: the label string of the best option under another
+    normalisation or with / without calibration (calibration needs the run's content-free scores)."""
+    content_free = row.get("content_free") if calibrate else None
+    if calibrate and content_free is None:
+        raise ValueError("this row has no content-free scores; rerun with prompt.calibrate=true")
+    return row["option_labels"][choose(row["scores"], normalize, content_free)]

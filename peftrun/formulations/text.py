@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from peftrun.formulations import Prompting
@@ -34,8 +35,8 @@ class TextFormulation:
             examples = self.prompting.builder.render_training(examples)
         tok = tokenize_examples(examples, backbone.tokenizer, backbone.kind, cfg.task.max_source_length,
                                 cfg.task.max_target_length, cfg.paths.cache_dir)
-        record["data"][cfg.task.train_split] = {
-            "examples": len(tok), "truncated_sources": tok.truncated_sources,
+        record["train_data"] = {
+            "split": cfg.task.train_split, "examples": len(tok), "truncated_sources": tok.truncated_sources,
             "truncated_targets": tok.truncated_targets,
         }
         collator = PaddingCollator(
@@ -88,7 +89,13 @@ def build_prompted(cfg: Any, prompting: Prompting, backbone: Any, examples: list
 
     prompted = prompting.builder.build(examples, prompting.pool, count, budget, cfg.paths.cache_dir)
     ids = [prompt_ids(tok, kind, p.prompt, natural, sep) for p in prompted]
-    record["data"][split] = {"examples": len(ids), "truncated_sources": 0, **prompt_summary(prompted)}
+    summary = prompt_summary(prompted)
+    record["data"][split] = {"examples": len(ids), "truncated_sources": 0, **summary}
+    if summary["demonstrations_dropped"]:
+        logging.getLogger("peftrun").warning(
+            "%s: %d demonstrations dropped to fit the prompt budget of %d tokens (min of prompt.max_tokens and "
+            "task.max_source_length); raise task.max_source_length to keep them", split,
+            summary["demonstrations_dropped"], budget)
     return prompted, ids
 
 

@@ -8,7 +8,7 @@ and state dicts see them. A method checkpoint (`save`) is a directory with
                                 (train=all: the whole model; bias/top_k/head: those tensors only)
     adapter_config.json         {"format": "peftrun", "peftrun_version", "family", "method": <resolved config>}
 
-written atomically file by file (temporary file + os.replace), weights first, so a complete
+written atomically file by file (peftrun/io.py), weights first, so a complete
 adapter_config.json marks a complete checkpoint. `load_method` rebuilds the method on a fresh base model
 from that directory (or from a peft LoRA directory, recognised by its "peft_type").
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from torch import nn
 
 from peftrun.backbones.anatomy import Anatomy
 from peftrun.errors import PeftrunError
+from peftrun.io import atomic_write, atomic_write_json
 from peftrun.methods.accounting import param_report
 from peftrun.methods.base import Delta
 from peftrun.methods.trainable import head_parameter_names, set_trainable, trainable_backbone_names
@@ -43,33 +43,15 @@ def peftrun_version() -> str:
     return __version__
 
 
-def write_atomic(path: Path, write: Any) -> None:
-    """Call write(tmp_path), then rename onto `path` (a reader never sees a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-
-    write_atomic(path, write)
+    atomic_write_json(path, payload)
 
 
 def write_safetensors_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
     plain = {k: v.detach().contiguous() for k, v in tensors.items()}
-    write_atomic(path, lambda tmp: save_file(plain, tmp, metadata={"format": "pt"}))
+    atomic_write(path, lambda tmp: save_file(plain, tmp, metadata={"format": "pt"}))
 
 
 class AppliedMethod:

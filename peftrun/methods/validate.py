@@ -17,7 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from peftrun.backbones.anatomy import Anatomy
-from peftrun.errors import PeftrunError
+from peftrun.errors import PeftrunError, first_line
 from peftrun.methods.base import DELTAS, Delta
 from peftrun.methods.trainable import TRAIN_RULES
 
@@ -52,11 +52,7 @@ def method_to_dict(method_cfg: Any) -> dict[str, Any]:
         return OmegaConf.to_container(merged, resolve=True)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
-        raise PeftrunError(f"method.{key}: {_first_line(err)} (see peftrun/config.py MethodConfig)") from err
-
-
-def _first_line(err: Exception) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PeftrunError(f"method.{key}: {first_line(err)} (see peftrun/config.py MethodConfig)") from err
 
 
 def parse_spec(cls: type[Delta], options: Mapping[str, Any], where: str) -> Any:
@@ -76,7 +72,7 @@ def parse_spec(cls: type[Delta], options: Mapping[str, Any], where: str) -> Any:
         key = getattr(err, "full_key", None) or "?"
         value = options.get(key, "?") if isinstance(key, str) else "?"
         raise PeftrunError(
-            f"{where}.{key}={value!r}: {_first_line(err)}; fix the value's type (see {cls.spec_class.__name__})"
+            f"{where}.{key}={value!r}: {first_line(err)}; fix the value's type (see {cls.spec_class.__name__})"
         ) from err
 
 

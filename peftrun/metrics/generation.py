@@ -31,10 +31,16 @@ Styles (what each challenge's official scoring does, and how this module agrees)
 
 chrF and TER are sacrebleu's defaults (chrF2, TER with the tercom normalization off) on the same references
 padded with None; TER is case-sensitive unless `lowercase`. All scores are on sacrebleu's 0-100 scale.
+
+TER's shift search costs grow fast with the hypothesis length (a degenerate model that writes 100+ words per E2E
+MR makes an evaluation spend minutes in TER). So when a hypothesis has more than TER_MAX_RATIO times the words of
+its longest reference plus TER_SLACK_WORDS, TER is not computed: the scores hold `ter_skipped_long` (how many
+hypotheses were that long) instead of `ter`, and a warning says so. Predictions of normal length never hit it.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -53,6 +59,15 @@ _ASCII_EXTRA = str.maketrans(
 )  # fmt: skip
 
 STYLES = ("13a", "webnlg")
+TER_MAX_RATIO = 4
+TER_SLACK_WORDS = 16
+log = logging.getLogger(__name__)
+
+
+def too_long_for_ter(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> int:
+    """How many hypotheses exceed TER_MAX_RATIO x their longest reference + TER_SLACK_WORDS (whitespace words)."""
+    return sum(len(h.split()) > TER_MAX_RATIO * max(len(x.split()) for x in r) + TER_SLACK_WORDS
+               for h, r in zip(hypotheses, references, strict=True))
 
 
 def ascii_fold(text: str) -> str:
@@ -141,5 +156,11 @@ def generation_scores(
     if "chrf" in metrics:
         out["chrf"] = float(CHRF(lowercase=lowercase).corpus_score(hyps, streams).score)
     if "ter" in metrics:
-        out["ter"] = float(TER(case_sensitive=not lowercase).corpus_score(hyps, streams).score)
+        long = too_long_for_ter(hyps, refs)
+        if long:
+            log.warning("TER not computed: %d of %d predictions are over %dx their longest reference + %d words "
+                        "(recorded as ter_skipped_long)", long, len(hyps), TER_MAX_RATIO, TER_SLACK_WORDS)
+            out["ter_skipped_long"] = float(long)
+        else:
+            out["ter"] = float(TER(case_sensitive=not lowercase).corpus_score(hyps, streams).score)
     return out

@@ -104,9 +104,17 @@ class PromptBuilder:
                                f"counts); lower prompt.k to at most {max(len(pool) - 1, 0)} or enlarge prompt.pool")
         return pool
 
-    def template_for(self, index: int) -> Template:
-        return self.templates[(index + self.cfg.seed) % len(self.templates)] if len(self.templates) > 1 \
-            else self.templates[0]
+    def template_for(self, index: int, fields: dict[str, Any]) -> Template:
+        """Example `index`'s template: the one named, or round robin from (index + seed) mod n, skipping templates
+        that render nothing for this example (promptsource's COPA templates for cause or effect questions only)."""
+        n = len(self.templates)
+        if n == 1:
+            return self.templates[0]
+        for step in range(n):
+            template = self.templates[(index + self.cfg.seed + step) % n]
+            if render(template, fields)[0].strip():
+                return template
+        return self.templates[(index + self.cfg.seed) % n]  # none applies: query_text names the problem
 
     # -- rendering ----------------------------------------------------------------------------------------------
     def options(self, template: Template, fields: dict[str, Any]) -> list[str] | None:
@@ -137,28 +145,47 @@ class PromptBuilder:
         """Training examples under the template (no demonstrations): source = prompt, target = rendered target."""
         out = []
         for i, ex in enumerate(examples):
-            template = self.template_for(i)
-            prompt, target, _ = self.query_text(template, example_fields(self.task.name, ex))
+            fields = example_fields(self.task.name, ex)
+            prompt, target, _ = self.query_text(self.template_for(i, fields), fields)
             out.append(replace(ex, source=prompt, target=target))
         return out
+
+    def precheck(self, queries: list[Example], budget: int) -> None:
+        """Fail before any model loads when a query alone cannot fit the budget: every whitespace-separated word is
+        at least one token for the BPE, WordPiece and SentencePiece tokenizers here, so words are a lower bound
+        (`build` checks the exact token count)."""
+        for i, query in enumerate(queries):
+            fields = example_fields(self.task.name, query)
+            prompt = self.query_text(self.template_for(i, fields), fields)[0]
+            text = self.cfg.example_separator.join(([self.cfg.instruction] if self.cfg.instruction else []) + [prompt])
+            if len(text.split()) > budget:
+                raise PeftrunError(f"the prompt budget ({budget} tokens: prompt.max_tokens / task.max_source_length) "
+                                   f"is too small for query {query.id!r} alone (at least {len(text.split())} tokens "
+                                   "with the template and instruction); raise prompt.max_tokens and "
+                                   "task.max_source_length")
 
     def build(self, queries: list[Example], pool: list[Example], count_tokens: Callable[[str], int], budget: int,
               cache_dir: str | None) -> list[Prompted]:
         """Each query's prompt (see module docstring)."""
         cfg = self.cfg
+        # promptsource templates may not apply to every demonstration: rank spares (2k) to fill k
+        fetch = cfg.k if cfg.source != "promptsource" or cfg.retriever == "fixed" else 2 * cfg.k
         ranked = [[] for _ in queries] if cfg.k == 0 else rank_pool(
             cfg.retriever, [q.source for q in queries], [q.id for q in queries], [p.source for p in pool],
-            [p.id for p in pool], cfg.k, cfg.seed, list(cfg.fixed_ids), cfg.encoder, cache_dir)
+            [p.id for p in pool], fetch, cfg.seed, list(cfg.fixed_ids), cfg.encoder, cache_dir)
         out = []
         for i, (query, chosen) in enumerate(zip(queries, ranked, strict=True)):
-            template = self.template_for(i)
             fields = example_fields(self.task.name, query)
+            template = self.template_for(i, fields)
             prompt, target, options = self.query_text(template, fields)
             free = {k: (CONTENT_FREE if isinstance(v, str) and k not in _LABEL_SPACE else v) for k, v in fields.items()}
-            free_prompt = self.query_text(template, free)[0]
+            free_prompt = render(template, free)[0].strip() and self.query_text(template, free)[0] or CONTENT_FREE
             shots = []  # most similar first
             for j in chosen:
-                demo_prompt, demo_target, _ = self.query_text(template, example_fields(self.task.name, pool[j]))
+                demo_fields = example_fields(self.task.name, pool[j])
+                if len(shots) == cfg.k or not render(template, demo_fields)[0].strip():
+                    continue  # enough, or this template does not apply to that example
+                demo_prompt, demo_target, _ = self.query_text(template, demo_fields)
                 shots.append((pool[j].id, demo_prompt + cfg.answer_separator + demo_target))
             kept, text, tokens = self._fit(shots, prompt, query, count_tokens, budget)
             free_text = self._assemble(kept, free_prompt, query)

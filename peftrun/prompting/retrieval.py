@@ -12,15 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import re
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from peftrun.errors import PeftrunError
+from peftrun.io import atomic_write_json
 
 RETRIEVERS = ("random", "bm25", "dense", "fixed")
 CACHE_VERSION = 1
@@ -111,13 +110,11 @@ def rank_pool(retriever: str, queries: list[str], query_keys: list[str], pool: l
     else:
         ranked = _dense_rank(queries, pool, k, banned, encoder)
     if path is not None:
-        _write_json_atomic(path, ranked)
+        atomic_write_json(path, ranked, indent=None, sort_keys=False)
     return ranked
 
 
 def _dense_rank(queries: list[str], pool: list[str], k: int, banned: list[set[int]], encoder: str) -> list[list[int]]:
-    import torch
-
     model_dir = Path(encoder).expanduser()
     if not (model_dir / "config.json").is_file():
         raise PeftrunError(f"prompt.encoder={encoder!r} holds no sentence encoder (config.json); fetch MiniLM with "
@@ -125,7 +122,6 @@ def _dense_rank(queries: list[str], pool: list[str], k: int, banned: list[set[in
     pool_vectors = embed(pool, model_dir)
     query_vectors = embed(queries, model_dir)
     sims = (query_vectors @ pool_vectors.T).tolist()
-    del torch
     return [_top(row, k, ban, len(pool)) for row, ban in zip(sims, banned, strict=True)]
 
 
@@ -146,15 +142,3 @@ def embed(texts: list[str], model_dir: Path, batch_size: int = 32) -> Any:
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             out.append(torch.nn.functional.normalize(pooled, dim=-1))
     return torch.cat(out) if out else torch.zeros(0, 1)
-
-
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

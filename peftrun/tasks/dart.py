@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import json
 import logging
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 from peftrun.errors import PeftrunError
 from peftrun.tasks.base import register_task
-from peftrun.tasks.loading import cached_parse, hub_split
+from peftrun.tasks.loading import DataFileError, cached_parse, hub_split, read_json, read_xml
 from peftrun.tasks.table_to_text import Group, TableToTextTask
 
 log = logging.getLogger(__name__)
@@ -49,7 +48,7 @@ def make_group(triples: list[Any], refs: list[str], meta: dict[str, Any]) -> Gro
     """A Group, or None when a triple is malformed or no reference is left (counted as skipped)."""
     clean = []
     for triple in triples:
-        if triple is None or len(triple) != 3 or not str(triple[1]).strip():
+        if not isinstance(triple, (list, tuple)) or len(triple) != 3 or not str(triple[1]).strip():
             return None
         clean.append(tuple(str(x).strip() for x in triple))
     texts = [r.strip() for r in refs if r and r.strip()]
@@ -61,11 +60,18 @@ def make_group(triples: list[Any], refs: list[str], meta: dict[str, Any]) -> Gro
 
 def json_entries(path: Path) -> list[tuple[list[Any], list[str], dict[str, Any]]]:
     """(triples, reference texts, meta) per entry of a DART json file."""
-    entries = json.loads(path.read_text(encoding="utf-8"))
-    return [
-        (entry.get("tripleset") or [], [a.get("text") or "" for a in entry.get("annotations") or []], {"eid": str(i)})
-        for i, entry in enumerate(entries)
-    ]
+    entries = read_json(path, "dart", list, "a JSON list of entries")
+    return [_json_entry(entry, i) for i, entry in enumerate(entries)]
+
+
+def _json_entry(entry: Any, index: int) -> tuple[list[Any], list[str], dict[str, Any]]:
+    """One JSON entry; a wrongly shaped one gives a malformed triple (so it is skipped and counted)."""
+    meta = {"eid": str(index)}
+    if not isinstance(entry, dict) or not isinstance(entry.get("tripleset") or [], list):
+        return [None], [], meta
+    annotations = entry.get("annotations") or []
+    texts = [a.get("text") for a in annotations if isinstance(a, dict)] if isinstance(annotations, list) else []
+    return entry.get("tripleset") or [], [t if isinstance(t, str) else "" for t in texts], meta
 
 
 def xml_entries(path: Path) -> list[tuple[list[Any], list[str], dict[str, Any]]]:
@@ -76,7 +82,7 @@ def xml_entries(path: Path) -> list[tuple[list[Any], list[str], dict[str, Any]]]
             [lex.text or "" for lex in entry.findall("lex")],
             {"eid": entry.get("eid", ""), "category": entry.get("category", "")},
         )
-        for entry in ET.parse(path).getroot().iter("entry")
+        for entry in read_xml(path, "dart").iter("entry")
     ]
 
 
@@ -94,7 +100,10 @@ def entries_to_groups(entries: list[tuple[list[Any], list[str], dict[str, Any]]]
 
 
 def parse_file(path: Path) -> list[Group]:
-    return entries_to_groups((xml_entries if path.suffix == ".xml" else json_entries)(path), str(path))
+    entries = (xml_entries if path.suffix == ".xml" else json_entries)(path)
+    if not entries:
+        raise DataFileError("dart", path, "has no entries", fix="point task.data_dir at the official DART files")
+    return entries_to_groups(entries, str(path))
 
 
 @register_task("dart")

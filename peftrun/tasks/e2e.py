@@ -16,13 +16,12 @@ tokenisation: bleu_lowercase=true and the "13a" style (peftrun.metrics.generatio
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 from typing import Any
 
 from peftrun.tasks.base import register_task
-from peftrun.tasks.loading import cached_parse, hub_split, require_file, warn_skipped
+from peftrun.tasks.loading import DataFileError, cached_parse, hub_split, read_csv_rows, require_file, warn_skipped
 from peftrun.tasks.table_to_text import Group, TableToTextTask, group_pairs
 
 FILES = {"train": "trainset.csv", "validation": "devset.csv", "test": "testset_w_refs.csv"}
@@ -60,16 +59,14 @@ def rows_to_groups(rows: list[tuple[str, str]], where: str) -> list[Group]:
 
 
 def read_csv(path: Path) -> list[Group]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None) or []
-        columns = [c.strip().lower() for c in header]
-        if "mr" not in columns or "ref" not in columns:
-            from peftrun.errors import PeftrunError
-
-            raise PeftrunError(f"e2e: {path} has columns {header}, expected mr,ref; point task.data_dir at the official E2E csv files")
-        i_mr, i_ref = columns.index("mr"), columns.index("ref")
-        rows = [(row[i_mr] if len(row) > i_mr else "", row[i_ref] if len(row) > i_ref else "") for row in reader]
+    table = read_csv_rows(path, "e2e")
+    header = table[0] if table else []
+    columns = [c.strip().lower() for c in header]
+    if "mr" not in columns or "ref" not in columns:
+        raise DataFileError("e2e", path, f"has columns {header[:5]}, expected mr,ref", 1,
+                            "point task.data_dir at the official E2E csv files")
+    i_mr, i_ref = columns.index("mr"), columns.index("ref")
+    rows = [(row[i_mr] if len(row) > i_mr else "", row[i_ref] if len(row) > i_ref else "") for row in table[1:]]
     return rows_to_groups(rows, str(path))
 
 

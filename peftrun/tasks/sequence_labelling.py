@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 from peftrun.errors import PeftrunError
 from peftrun.metrics.classification import chunks, counts_to_prf
 from peftrun.tasks.base import BUILTIN, Example, Task, register_task
-from peftrun.tasks.loading import cached_parse, hub_split, load_hub, require_dir, warn_skipped
+from peftrun.tasks.loading import cached_parse, hub_split, load_hub, read_text, require_dir, warn_skipped
 
 LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
 FILES = {"train": ("train.txt", "eng.train"), "validation": ("valid.txt", "dev.txt", "eng.testa"),
@@ -77,19 +77,18 @@ def read_conll(path: Path) -> tuple[list[Sentence], int]:
                 sentences.append((tokens, to_iob2(tags)))
         tokens, tags, broken = [], [], False
 
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            fields = line.split()
-            if not fields:
-                flush()
-                continue
-            if fields[0] == "-DOCSTART-":
-                continue
-            if len(fields) < 2 or fields[-1] not in LABELS:
-                broken = True
-                continue
-            tokens.append(fields[0])
-            tags.append(fields[-1])
+    for line in read_text(path, "conll2003").splitlines():
+        fields = line.split()
+        if not fields:
+            flush()
+            continue
+        if fields[0] == "-DOCSTART-":
+            continue
+        if len(fields) < 2 or fields[-1] not in LABELS:
+            broken = True
+            continue
+        tokens.append(fields[0])
+        tags.append(fields[-1])
     flush()
     return sentences, bad
 

@@ -21,14 +21,13 @@ read-only with step and time limits); pred_parse_errors, gold_parse_errors.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, ClassVar
 
 from peftrun.errors import PeftrunError
-from peftrun.metrics.spider.schema import DbSchema, load_tables
+from peftrun.metrics.spider.schema import DbSchema, schemas_from_entries
 from peftrun.tasks.base import BUILTIN, Example, Task, register_task
-from peftrun.tasks.loading import cached_parse, require_dir, require_file, warn_skipped
+from peftrun.tasks.loading import DataFileError, cached_parse, read_json, require_dir, require_file, warn_skipped
 
 FILES = {"train": ("train_spider.json", "train_others.json"), "validation": ("dev.json",), "test": ("test.json",)}
 TABLES = {"train": "tables.json", "validation": "tables.json", "test": "test_tables.json"}
@@ -62,10 +61,7 @@ BUILTIN_ROWS = (
 def read_rows(paths: list[Path]) -> list[Any]:
     rows: list[Any] = []
     for path in paths:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, list):
-            raise PeftrunError(f"spider: {path} is not a JSON list of examples; point task.data_dir at the official files")
-        rows += data
+        rows += read_json(path, "spider", list, "a JSON list of examples")
     return rows
 
 
@@ -84,10 +80,11 @@ class SpiderTask(Task):
                 self._schemas[split] = {e["db_id"]: DbSchema.from_entry(e) for e in BUILTIN_TABLES}
             else:
                 path = require_file(self._folder() / TABLES[split], "spider")
+                entries = read_json(path, "spider", list, "a JSON list of database schemas")
                 try:
-                    self._schemas[split] = load_tables(path)
-                except (ValueError, OSError) as err:
-                    raise PeftrunError(f"spider: {err}; point task.data_dir at the official Spider files") from err
+                    self._schemas[split] = schemas_from_entries(entries)
+                except ValueError as err:
+                    raise DataFileError("spider", path, str(err)) from err
         return self._schemas[split]
 
     def database_dir(self, split: str) -> Path | None:

@@ -24,15 +24,24 @@ split by its offline splitter) and corpus BLEU (sacrebleu, 13a).
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
 from peftrun.errors import PeftrunError
 from peftrun.tasks.base import BUILTIN, Example, Task, register_task
-from peftrun.tasks.loading import cached_parse, hub_split, load_hub, require_dir, warn_skipped
+from peftrun.tasks.loading import (
+    DataFileError,
+    cached_parse,
+    hub_split,
+    load_hub,
+    read_csv_rows,
+    read_json,
+    read_json_lines,
+    read_text,
+    require_dir,
+    warn_skipped,
+)
 
 log = logging.getLogger(__name__)
 DOCUMENT_FIELDS = ("document", "article", "text", "source")
@@ -64,32 +73,32 @@ def _field(row: dict[str, Any], names: tuple[str, ...]) -> str:
     return ""
 
 
-def read_pairs(path: Path) -> tuple[list[tuple[str, str]], int]:
+def read_pairs(path: Path, task: str = "summarization") -> tuple[list[tuple[str, str]], int]:
     """((document, summary) pairs, rows that are not JSON objects) of a jsonl / json / csv file."""
+    rows: list[Any]
     if path.suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as handle:
-            rows: list[Any] = list(csv.DictReader(handle))
-        bad = 0
+        rows, bad = read_csv_rows(path, task, dict_rows=True), 0
+        header = set(rows[0]) if rows else set()
+        if not header & set(DOCUMENT_FIELDS) or not header & set(SUMMARY_FIELDS):
+            raise DataFileError(task, path, f"has columns {sorted(str(h) for h in header)[:6]}, expected a document "
+                                f"({' | '.join(DOCUMENT_FIELDS)}) and a summary ({' | '.join(SUMMARY_FIELDS)}) column", 1)
+    elif (text := read_text(path, task)).lstrip().startswith("["):
+        rows, bad = read_json(path, task, list, "a JSON list of objects", text=text), 0
     else:
-        text = path.read_text(encoding="utf-8")
-        if text.lstrip().startswith("["):
-            rows, bad = json.loads(text), 0
-        else:
-            rows, bad = [], 0
-            for line in text.splitlines():
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    bad += 1
+        rows, bad = read_json_lines(path, task, text=text)
     objects = [r for r in rows if isinstance(r, dict)]
+    keys = {k for r in objects for k in r}
+    if not objects or not keys & set(DOCUMENT_FIELDS) or not keys & set(SUMMARY_FIELDS):
+        found = "none an object" if not objects else f"fields {sorted(str(k) for k in keys)[:6]}"
+        raise DataFileError(task, path, f"has no document/summary rows ({len(rows) + bad} rows, {found})",
+                            fix=f"give rows with a document field ({' | '.join(DOCUMENT_FIELDS)}) and a summary "
+                                f"field ({' | '.join(SUMMARY_FIELDS)})")
     return [(_field(r, DOCUMENT_FIELDS), _field(r, SUMMARY_FIELDS)) for r in objects], bad + len(rows) - len(objects)
 
 
-def read_source_target(source: Path, target: Path) -> tuple[list[tuple[str, str]], int]:
-    documents = source.read_text(encoding="utf-8").splitlines()
-    summaries = target.read_text(encoding="utf-8").splitlines()
+def read_source_target(source: Path, target: Path, task: str = "summarization") -> tuple[list[tuple[str, str]], int]:
+    documents = read_text(source, task).splitlines()
+    summaries = read_text(target, task).splitlines()
     if len(documents) != len(summaries):
         raise PeftrunError(f"{source} has {len(documents)} lines but {target} has {len(summaries)}; they must align")
     return list(zip(documents, summaries, strict=True)), 0
@@ -127,16 +136,16 @@ class SummarizationTask(Task):
             for suffix in DATA_SUFFIXES:
                 path = folder / f"{name}{suffix}"
                 if path.is_file():
-                    return [path], lambda p=path: read_pairs(p)
+                    return [path], lambda p=path: read_pairs(p, self.name)
             source, target = folder / f"{name}.source", folder / f"{name}.target"
             if source.is_file() and target.is_file():
-                return [source, target], lambda s=source, t=target: read_source_target(s, t)
+                return [source, target], lambda s=source, t=target: read_source_target(s, t, self.name)
         split_named = any(p.stem in names for p in folder.iterdir() for names in SPLIT_NAMES.values())
         singles = sorted(p for p in folder.iterdir() if p.suffix in DATA_SUFFIXES and p.is_file())
         if len(singles) == 1 and not split_named:
             log.warning("%s: no %s file in %s; using its only data file %s for split %r", self.name, split, folder,
                         singles[0].name, split)
-            return singles, lambda: read_pairs(singles[0])
+            return singles, lambda: read_pairs(singles[0], self.name)
         names = ", ".join(f"{n}{{{','.join(DATA_SUFFIXES)}}}" for n in SPLIT_NAMES[split])
         raise PeftrunError(f"{self.name}: no file for split {split!r} in {folder} (looked for {names} and "
                            f"{SPLIT_NAMES[split][0]}.source/.target); set task.data_dir to the folder of the split files")

@@ -31,7 +31,6 @@ label.
 
 from __future__ import annotations
 
-import json
 import re
 from abc import abstractmethod
 from pathlib import Path
@@ -39,7 +38,15 @@ from typing import Any, ClassVar
 
 from peftrun.errors import PeftrunError
 from peftrun.tasks.base import BUILTIN, Example, Task, register_task
-from peftrun.tasks.loading import cached_parse, hub_split, load_hub, require_dir, warn_skipped
+from peftrun.tasks.loading import (
+    DataFileError,
+    cached_parse,
+    hub_split,
+    load_hub,
+    read_json_lines,
+    require_dir,
+    warn_skipped,
+)
 
 FILES = {"train": "train.jsonl", "validation": "val.jsonl", "dev32": "dev32.jsonl"}
 _STRIP = " \t\n\"'`.,;:!?()[]"
@@ -50,23 +57,15 @@ def normalize_label(text: str) -> str:
     return " ".join(str(text).lower().split()).strip(_STRIP)
 
 
-def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """(objects, number of lines that are not JSON objects) of a jsonl file; blank lines are ignored."""
-    rows, bad = [], 0
-    with path.open(encoding="utf-8") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if isinstance(obj, dict):
-                rows.append(obj)
-            else:
-                bad += 1
-    return rows, bad
+def read_jsonl(path: Path, task: str = "superglue") -> tuple[list[dict[str, Any]], int]:
+    """(objects, number of lines that are not JSON objects) of a jsonl file; blank lines are ignored. A file that
+    is not UTF-8, is empty, or has no JSON object at all is a DataFileError."""
+    values, bad = read_json_lines(path, task)
+    rows = [v for v in values if isinstance(v, dict)]
+    if not rows:
+        raise DataFileError(task, path, f"has no JSON object lines ({bad + len(values)} lines, none an object)",
+                            fix="give one JSON object per line, as the official SuperGLUE files")
+    return rows, bad + len(values) - len(rows)
 
 
 def _bool_label(value: Any) -> int:
@@ -175,7 +174,7 @@ class SuperGlueTask(Task):
             if not path.is_file():
                 raise PeftrunError(f"{self.name}: missing file {path}; set task.data_dir to the folder holding the "
                                    f"official {self.folder} {', '.join(FILES.values())} (or its parent)")
-            rows, bad = cached_parse(self.name, split, [path], lambda: read_jsonl(path))  # type: ignore[arg-type]
+            rows, bad = cached_parse(self.name, split, [path], lambda: read_jsonl(path, self.name))  # type: ignore[arg-type]
             return rows, bad, str(path)
         hint = ""
         if self.data_dir and (Path(self.data_dir) / "superglue" / "fewglue" / self.folder).is_dir():

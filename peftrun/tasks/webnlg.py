@@ -20,7 +20,6 @@ one evaluation of `test` gives Li & Liang's S / U / A columns.
 from __future__ import annotations
 
 import logging
-import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 from peftrun.errors import PeftrunError
 from peftrun.tasks.base import Example, register_task
 from peftrun.tasks.dart import linearise_triples, split_mtriple
-from peftrun.tasks.loading import cached_parse, hub_split
+from peftrun.tasks.loading import DataFileError, cached_parse, hub_split, read_xml
 from peftrun.tasks.table_to_text import Group, TableToTextTask
 
 log = logging.getLogger(__name__)
@@ -70,10 +69,15 @@ def parse_files(files: Sequence[Path], split: str) -> list[Group]:
     groups: list[Group] = []
     total = 0
     for path in files:
-        for entry in ET.parse(path).getroot().iter("entry"):
+        entries = list(read_xml(path, "webnlg").iter("entry"))
+        if not entries:
+            raise DataFileError("webnlg", path, "has no <entry> elements",
+                                fix="point task.data_dir at the WebNLG 2017 folder (train/, dev/, test files)")
+        for entry in entries:
             total += 1
             category = entry.get("category", "")
-            meta = {"eid": entry.get("eid", ""), "category": category, "size": int(entry.get("size") or 0),
+            size = entry.get("size") or "0"
+            meta = {"eid": entry.get("eid", ""), "category": category, "size": int(size) if size.isdigit() else 0,
                     "seen": category not in UNSEEN_CATEGORIES}
             triples = [split_mtriple(t.text) for t in entry.findall("modifiedtripleset/mtriple")]
             lexes = [(lex.text or "", lex.get("comment", "good")) for lex in entry.findall("lex")]

@@ -39,6 +39,9 @@ AGG_OPS = ("none", "max", "min", "count", "sum", "avg")
 COND_OPS = ("and", "or")
 SQL_OPS = ("intersect", "union", "except")
 ORDER_OPS = ("desc", "asc")
+# Queries nested deeper (subqueries plus chained UNION / INTERSECT / EXCEPT) do not parse: every later step
+# (normalisation, matching, hardness) recurses over the same structure, and Spider's deepest gold query has 4.
+MAX_NESTING = 64
 
 _TOKEN = re.compile(
     r"(?<![\w)])-(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"  # a signed number: "-" glued to digits, no operand before
@@ -96,6 +99,7 @@ class _Parser:
 
     def __init__(self, names: dict[str, list[str]], id_map: dict[str, str], aliases: dict[str, str]) -> None:
         self.names, self.ids, self.aliases = names, id_map, aliases
+        self.depth = 0
 
     # -- names ---------------------------------------------------------------------------------------------
     def _id(self, key: str) -> str:
@@ -315,6 +319,15 @@ class _Parser:
         return idx, None
 
     def sql(self, toks: list[str], start: int) -> tuple[int, dict]:
+        self.depth += 1
+        try:
+            if self.depth > MAX_NESTING:
+                raise SpiderParseError(f"the query nests more than {MAX_NESTING} (sub)queries")
+            return self._sql(toks, start)
+        finally:
+            self.depth -= 1
+
+    def _sql(self, toks: list[str], start: int) -> tuple[int, dict]:
         idx, block = start, False
         if toks[idx] == "(":
             block, idx = True, idx + 1

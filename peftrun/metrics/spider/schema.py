@@ -98,11 +98,21 @@ class DbSchema:
 def load_tables(path: str | Path) -> dict[str, DbSchema]:
     """{db_id: DbSchema} of a tables.json file. Raises ValueError naming the first malformed entry."""
     entries = json.loads(Path(path).read_text(encoding="utf-8"))
+    try:
+        return schemas_from_entries(entries)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+
+
+def schemas_from_entries(entries: Any) -> dict[str, DbSchema]:
+    """{db_id: DbSchema} of tables.json's entries. Raises ValueError naming the first malformed entry."""
+    if not isinstance(entries, list):
+        raise ValueError(f"holds a JSON {type(entries).__name__}, expected a list of database schemas")
     schemas: dict[str, DbSchema] = {}
     for i, entry in enumerate(entries):
         try:
             schema = DbSchema.from_entry(entry)
-        except (KeyError, TypeError, ValueError, IndexError) as err:
-            raise ValueError(f"{path}: entry {i} is not a tables.json schema ({type(err).__name__}: {err})") from err
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+            raise ValueError(f"entry {i} is not a tables.json schema ({type(err).__name__}: {err})") from err
         schemas[schema.db_id] = schema
     return schemas
