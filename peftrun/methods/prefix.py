@@ -9,9 +9,10 @@ is visible to every query.
 Parameters, per group g = (stack, attention kind) with L_g selected layers and key/value width
 d_in = kv_heads x head_dim (= heads x head_dim, except with grouped-query attention, e.g. Llama, where a prefix has
 one key and value per key/value head, shared by its group of query heads, as peft's num_key_value_heads):
-    mid_dim set (Li & Liang's reparameterisation, trained):  E_g (P, d_model) -> Linear(d_model, mid_dim) -> tanh
+    mid_dim set (Li & Liang's reparameterisation, trained):  E_g (P, d_in) -> Linear(d_in, mid_dim) -> tanh
         -> Linear(mid_dim, L_g * 2 * d_in); row p, chunk 2l (+1) = layer l's key (value) of position p
-        (the layout of Li & Liang's and peft's prefix encoders). Only the result is saved.
+        (the layout of Li & Liang's and peft's prefix encoders; E's width d_in is d_model in every multi-head
+        family, and the key/value width under GQA, as peft's token_dim). Only the result is saved.
     mid_dim null (P-tuning v2): the prefix itself, a parameter (L_g, 2, P, d_in) ~ N(0, 1) (nn.Embedding's init,
         as P-tuning v2 and peft).
     saved: {g: (L_g, 2, P, d_in)} either way, e.g. P-tuning v2 with 128 prompts on roberta-large saves
@@ -76,10 +77,10 @@ class Group:
 class PrefixMLP(nn.Module):
     """Li & Liang's reparameterisation: E (P, d) -> tanh MLP -> (P, L * 2 * d_in)."""
 
-    def __init__(self, length: int, d_model: int, mid_dim: int, out: int) -> None:
+    def __init__(self, length: int, width: int, mid_dim: int, out: int) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(length, d_model)
-        self.transform = nn.Sequential(nn.Linear(d_model, mid_dim), nn.Tanh(), nn.Linear(mid_dim, out))
+        self.embedding = nn.Embedding(length, width)
+        self.transform = nn.Sequential(nn.Linear(width, mid_dim), nn.Tanh(), nn.Linear(mid_dim, out))
 
     def forward(self) -> torch.Tensor:
         return self.transform(self.embedding.weight)
@@ -150,14 +151,13 @@ class Prefix(Delta):
             raise PeftrunError("the prefix selects no attention sublayer of this model; fix stacks/attention/layers")
         like = next(model.parameters())
         kw = {"device": like.device, "dtype": like.dtype}
-        d_model = model.get_input_embeddings().embedding_dim
         P = self.spec.length
         for group in self.groups:
             if group.name in self.encoders or group.name in self.prefixes:
                 continue
             if self.spec.mid_dim is not None:
                 out = len(group.layers) * 2 * group.inner
-                self.encoders[group.name] = PrefixMLP(P, d_model, self.spec.mid_dim, out).to(**kw)
+                self.encoders[group.name] = PrefixMLP(P, group.inner, self.spec.mid_dim, out).to(**kw)
             else:
                 self.prefixes[group.name] = nn.Parameter(torch.randn(len(group.layers), 2, P, group.inner, **kw))
         sources: dict[nn.Module, Callable] = {}
