@@ -54,7 +54,7 @@ def in_out(module: nn.Module) -> tuple[int, int]:
 
 def yaml_config(name: str, data_dir: Path = DATA_DIR) -> BackboneConfig:
     """conf/backbone/<name>.yaml merged into the schema, `${paths.data_dir}` resolved."""
-    root = OmegaConf.create({"paths": {"data_dir": str(data_dir), "cache_dir": "unused"}})
+    root = OmegaConf.create({"paths": {"data_dir": str(data_dir), "cache_dir": "unused", "models_dir": "/no/models"}})
     root.backbone = OmegaConf.merge(OmegaConf.structured(BackboneConfig), OmegaConf.load(CONF / f"{name}.yaml"))
     return OmegaConf.to_object(root.backbone)
 
@@ -387,6 +387,8 @@ def test_every_backbone_yaml_matches_the_schema_and_its_name(paths: PathsConfig)
             assert load_backbone(cfg, paths).description["init"] == "tiny"
         else:
             assert cfg.config_path == str(DATA_DIR / "configs" / name) and cfg.tokenizer is None
+            for local in (cfg.gguf_file, cfg.local_dir):  # local checkpoints live under paths.models_dir
+                assert local is None or local.startswith("/no/models/"), name
 
 
 def test_random_init_errors_name_the_fix(paths: PathsConfig, tmp_path: Path) -> None:
@@ -399,3 +401,36 @@ def test_random_init_errors_name_the_fix(paths: PathsConfig, tmp_path: Path) -> 
                                      config_path=str(DATA_DIR / "configs" / "bart-base")), paths, meta=True)
     with pytest.raises(PeftrunError, match=r"backbone.source='/no/such/model' is not a directory"):
         load_backbone(BackboneConfig(name="x", family="gpt2", source="/no/such/model"), paths)
+
+
+# ------------------------------------------------------------------------------------------- checkpoint sources
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m-instruct", "minilm-l6"])
+def test_missing_real_checkpoint_fails_fast_naming_the_options(paths: PathsConfig, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(PeftrunError) as err:
+        load_backbone(yaml_config(name), paths)
+    assert time.perf_counter() - start < 3.0
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"backbone {name!r}: no ")
+    assert "/no/models/" in message and "not in the local Hugging Face cache" in message
+    for option in ("backbone.source=/path/to/model", "backbone.gguf_file=", "hub id"):
+        assert option in message
+    assert "fetch-real-models" not in message
+
+
+def test_local_dir_is_tried_before_the_hub_id(paths: PathsConfig, tmp_path: Path) -> None:
+    reference = load_backbone(tiny("llama"), paths)
+    local = tmp_path / "llama-local"
+    reference.model.save_pretrained(local)
+    reference.tokenizer.save_pretrained(local)
+    cfg = BackboneConfig(name="mine", family="llama", source="nobody/nothing", local_dir=str(local))
+    loaded = load_backbone(cfg, paths)
+    assert loaded.description["local_dir"] == str(local) and loaded.description["access"] == "local directory"
+    a, b = reference.model.state_dict(), loaded.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -95,7 +95,7 @@ def load_backbone(
     elif cfg.init == "random" or meta:
         model, tokenizer, facts = _load_from_config(cfg, paths, family, auto_name, num_labels, meta)
     else:
-        model, tokenizer, facts = _load_pretrained(cfg, family, auto_name, num_labels)
+        model, tokenizer, facts = _load_pretrained(cfg, paths, family, auto_name, num_labels)
 
     model.to(dtype)
     model.config.use_cache = False
@@ -162,11 +162,14 @@ def _load_from_config(cfg: BackboneConfig, paths: PathsConfig, family: Family, a
     return model, tokenizer, facts
 
 
-def _load_pretrained(cfg: BackboneConfig, family: Family, auto_name: str,
+def _load_pretrained(cfg: BackboneConfig, paths: PathsConfig, family: Family, auto_name: str,
                      num_labels: int | None) -> tuple[Any, Any, dict[str, Any]]:
     import transformers
 
-    where, kwargs = _locate(cfg.source, cfg.revision, cfg.name, family)
+    from peftrun.backbones.checkpoints import resolve_source
+
+    source, checkpoint = resolve_source(cfg, paths, family.auto_class_name("lm"))
+    where, kwargs = _locate(source, cfg.revision, cfg.name, family)
     try:
         config = transformers.AutoConfig.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as err:
@@ -182,7 +185,7 @@ def _load_pretrained(cfg: BackboneConfig, family: Family, auto_name: str,
         model = getattr(transformers, auto_name).from_pretrained(where, config=config, dtype=_dtype(cfg), **kwargs)
     except (OSError, ValueError) as err:
         raise PeftrunError(f"backbone {cfg.name!r}: cannot load {where!r} as {auto_name}: {_first_line(err)}") from err
-    tokenizer_where = cfg.tokenizer or cfg.source
+    tokenizer_where = cfg.tokenizer or source
     tokenizer = _load_tokenizer(tokenizer_where, cfg.revision if cfg.tokenizer is None else None, cfg.name, family)
     _fill_pad(tokenizer)
     _set_special_ids(model.config, tokenizer, model.config.model_type, model.config.is_encoder_decoder,
@@ -194,6 +197,7 @@ def _load_pretrained(cfg: BackboneConfig, family: Family, auto_name: str,
         "commit": None if local else cached_commit(where, cfg.revision),
         "access": "local directory" if local else ("hf cache" if kwargs["local_files_only"] else "network"),
         "tokenizer": str(tokenizer_where),
+        **checkpoint,
     }
     return model, tokenizer, facts
 
