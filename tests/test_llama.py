@@ -186,6 +186,6 @@ def test_head_formulations_train_the_head_and_the_delta(head, cls):
     model(input_ids=ids, labels=labels).loss.backward()
     grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert "score.weight" in grads and any("lora" in n for n in grads)
-    frozen_outside = {n for n, p in model.named_parameters() if p.requires_grad and "lora" not in n}
-    assert frozen_outside and all(n.startswith("score.") for n in frozen_outside)  # the head (token: with bias)
+    trainable_outside = {n for n, p in model.named_parameters() if p.requires_grad and "lora" not in n}
+    assert trainable_outside and all(n.startswith("score.") for n in trainable_outside)  # the head (token: with bias)
     assert applied.param_report()["trainable"] > 0
