@@ -21,6 +21,7 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 class PathsConfig:
     data_dir: str = "../shared/data"  # PEFTRUN_DATA_DIR; the shared official files
     cache_dir: str = "~/.cache/peftrun"  # PEFTRUN_CACHE_DIR; tiny tokenizers, tokenized datasets
+    models_dir: str = "~/.cache/peftrun/models"  # PEFTRUN_MODELS_DIR; local checkpoints (GGUF files, model dirs)
 
 
 @dataclass
@@ -32,6 +33,8 @@ class BackboneConfig:
     config_path: str | None = None  # config.json (or its folder) for init=random
     tokenizer: str | None = None  # tokenizer source when it differs from `source`
     revision: str | None = None  # hub revision, recorded for reproducibility
+    gguf_file: str | None = None  # a local .gguf file tried first (dequantised to `dtype`, cached)
+    local_dir: str | None = None  # a local save_pretrained directory tried before `source`
     dtype: str = "float32"  # float32 | bfloat16 | float16
     tiny: dict[str, Any] = field(default_factory=dict)  # config.json overrides of a tiny backbone
 

@@ -2,7 +2,8 @@
 
 A learned absolute position table (GPT-2 `n_positions`, BERT / BART `max_position_embeddings`, RoBERTa's minus
 its padding offset of 2) has one row per position: a longer input indexes past it and dies with an IndexError
-deep inside the forward (a device assert on GPU). T5's relative position buckets have no such limit.
+deep inside the forward (a device assert on GPU). T5's relative position buckets and Llama's rotary positions
+have no such limit. Each family module declares its tables (`Family.positions`).
 
 Positions a run can reach, by layout (peftrun/data.py, peftrun/head_data.py), with V = virtual positions of
 the method (soft-prompt tokens inserted into the input; a prefix that shifts absolute positions):
@@ -27,24 +28,17 @@ from typing import Any
 
 from peftrun.errors import PeftrunError
 
-# config.model_type -> (config key of the absolute position table, positions lost to an offset); absent = no limit
-POSITION_KEYS: dict[str, tuple[str, int]] = {
-    "gpt2": ("n_positions", 0),
-    "bart": ("max_position_embeddings", 0),  # BART's table has 2 extra rows for its own offset
-    "bert": ("max_position_embeddings", 0),
-    "roberta": ("max_position_embeddings", 2),  # positions start at padding_idx + 1 = 2
-}
-
 
 def architecture_config(backbone_cfg: Any) -> dict[str, Any] | None:
     """The backbone's config.json as a dict (with "model_type"), from local files only; None when not available
     without the network (a hub id outside the local cache)."""
     if backbone_cfg.source == "tiny":
-        from peftrun.backbones.tiny import TINY_CONFIGS
+        from peftrun.backbones.families import FAMILIES
 
-        if backbone_cfg.family not in TINY_CONFIGS:
+        family = FAMILIES.get(backbone_cfg.family)
+        if family is None or family.tiny is None:
             return None  # load_backbone names the problem
-        model_type, defaults = TINY_CONFIGS[backbone_cfg.family]
+        model_type, defaults = family.tiny
         return {"model_type": model_type, **defaults, **dict(backbone_cfg.tiny)}
     if backbone_cfg.init == "random" and backbone_cfg.config_path is not None:
         path = Path(os.path.expanduser(backbone_cfg.config_path))
@@ -68,14 +62,18 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def position_limit(config: dict[str, Any]) -> tuple[int | None, str]:
-    """(positions the model can read, the config key that says so); (None, reason) for relative positions."""
+    """(positions the model can read, the config key that says so); (None, reason) for relative or rotary
+    positions. The table is declared by the model type's family module (`Family.positions`)."""
+    from peftrun.backbones.families import position_table_of
+
     model_type = config.get("model_type")
-    if model_type not in POSITION_KEYS:
+    table = position_table_of(str(model_type))
+    if table is None:
         return None, f"{model_type} has no absolute position table"
-    key, offset = POSITION_KEYS[model_type]
+    key, offset = table.key, table.offset
     value = config.get(key)
-    if value is None and model_type == "gpt2":
-        value = config.get("max_position_embeddings")  # GPT2Config's alias of n_positions
+    if value is None and key != "max_position_embeddings":
+        value = config.get("max_position_embeddings")  # e.g. GPT2Config's alias of n_positions
     if value is None:  # the config class's default, as transformers would fill it in
         from transformers import CONFIG_MAPPING
 

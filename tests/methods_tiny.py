@@ -10,7 +10,7 @@ import torch
 from peftrun.backbones.load import Backbone, load_backbone
 from peftrun.config import BackboneConfig, PathsConfig
 
-FAMILIES = ("gpt2", "bart", "t5", "bert")
+FAMILIES = ("gpt2", "bart", "t5", "bert", "llama")
 
 
 def tiny(family: str, head: str = "lm", num_labels: int | None = None) -> Backbone:

@@ -22,9 +22,8 @@ from peftrun.config import BackboneConfig, PathsConfig
 from peftrun.errors import PeftrunError
 from tests.conftest import DATA_DIR, ROOT, require_data
 
-TINY = ("gpt2", "bart", "t5", "bert")
-HEADS_OF = {"gpt2": ("lm", "classification", "token", "base"), "bart": ("lm", "classification", "base"),
-            "t5": ("lm", "classification", "token", "base"), "bert": ("lm", "classification", "token", "base")}
+TINY = tuple(sorted(name for name, family in FAMILIES.items() if family.tiny))  # every registered family's
+HEADS_OF = {name: tuple(FAMILIES[name].heads) for name in TINY}
 # The shared data README's parameter counts (AutoModel, no head): an external reference, not computed here.
 README_COUNTS = {
     "gpt2": 124_439_808, "gpt2-medium": 354_823_168, "gpt2-large": 774_030_080, "bart-base": 139_420_416,
@@ -55,7 +54,7 @@ def in_out(module: nn.Module) -> tuple[int, int]:
 
 def yaml_config(name: str, data_dir: Path = DATA_DIR) -> BackboneConfig:
     """conf/backbone/<name>.yaml merged into the schema, `${paths.data_dir}` resolved."""
-    root = OmegaConf.create({"paths": {"data_dir": str(data_dir), "cache_dir": "unused"}})
+    root = OmegaConf.create({"paths": {"data_dir": str(data_dir), "cache_dir": "unused", "models_dir": "/no/models"}})
     root.backbone = OmegaConf.merge(OmegaConf.structured(BackboneConfig), OmegaConf.load(CONF / f"{name}.yaml"))
     return OmegaConf.to_object(root.backbone)
 
@@ -68,10 +67,10 @@ def test_anatomy_for_needs_no_model_and_no_transformers() -> None:
             "print(anatomy_for('t5').kind, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.stdout.split() == ["encoder-decoder", "False"], out.stderr
-    assert {f: anatomy_for(f).kind for f in TINY} == {"gpt2": "decoder", "bart": "encoder-decoder",
-                                                      "t5": "encoder-decoder", "bert": "encoder"}
-    with pytest.raises(PeftrunError, match=r"unknown backbone family 'llama'; known: bart, bert, gpt2, t5"):
-        anatomy_for("llama")
+    assert {f: anatomy_for(f).kind for f in ("gpt2", "bart", "t5", "bert", "llama")} == {
+        "gpt2": "decoder", "bart": "encoder-decoder", "t5": "encoder-decoder", "bert": "encoder", "llama": "decoder"}
+    with pytest.raises(PeftrunError, match=r"unknown backbone family 'opt'; known: bart, bert, gpt2, llama, t5"):
+        anatomy_for("opt")
 
 
 def test_registration_refuses_duplicates_and_kinds_gate_use() -> None:
@@ -106,8 +105,12 @@ def test_roles_resolve_to_projections_of_the_right_shape(paths: PathsConfig, fam
         layers = anatomy.layers(model, stack.name)
         assert len(layers) == dims.layers
         inner = dims.heads * dims.head_dim
+        kv_inner = dims.kv_heads * dims.head_dim  # narrower than inner with grouped-query attention (llama)
         for index, layer in enumerate(layers):
             roles = {"ffn_in": stack.ffn_in, "ffn_out": stack.ffn_out}
+            if stack.ffn_gate is not None:
+                roles["ffn_gate"] = stack.ffn_gate
+                assert in_out(get_module(layer, stack.ffn_gate)) == (hidden, dims.ffn)
             assert in_out(get_module(layer, stack.ffn_in)) == (hidden, dims.ffn)
             assert in_out(get_module(layer, stack.ffn_out)) == (dims.ffn, hidden)
             kinds = [a.kind for a in stack.attentions]
@@ -120,8 +123,9 @@ def test_roles_resolve_to_projections_of_the_right_shape(paths: PathsConfig, fam
                     projections = {"qkv": attention.qkv}
                 else:
                     projections = {"q": attention.q, "k": attention.k, "v": attention.v}
-                    for path in projections.values():
-                        assert in_out(get_module(layer, path)) == (hidden, inner)
+                    assert in_out(get_module(layer, attention.q)) == (hidden, inner)
+                    assert in_out(get_module(layer, attention.k)) == (hidden, kv_inner)
+                    assert in_out(get_module(layer, attention.v)) == (hidden, kv_inner)
                 assert in_out(get_module(layer, attention.o)) == (inner, hidden)
                 inside = {id(m) for m in module.modules()}
                 assert all(id(get_module(layer, p)) in inside for p in projections.values())
@@ -131,9 +135,13 @@ def test_roles_resolve_to_projections_of_the_right_shape(paths: PathsConfig, fam
                 key = f"{stack.name}.{index}.{role}"
                 hooks.append(get_module(layer, path).register_forward_hook(lambda *_, k=key: fired.add(k)))
                 fired.discard(key)
+    def roles_of(s):  # noqa: ANN001, ANN202
+        ffn = ["ffn_in", "ffn_out"] + (["ffn_gate"] if s.ffn_gate else [])
+        return ffn + [f"{a.kind}.{x}" for a in s.attentions
+                      for x in (["qkv"] if a.qkv else ["q", "k", "v"]) + ["o", "module"]]
+
     expected = {f"{s.name}.{i}.{r}" for s in anatomy.stacks for i in range(len(anatomy.layers(model, s.name)))
-                for r in ["ffn_in", "ffn_out"] + [f"{a.kind}.{x}" for a in s.attentions
-                                                  for x in (["qkv"] if a.qkv else ["q", "k", "v"]) + ["o", "module"]]}
+                for r in roles_of(s)}
     batch = backbone.tokenizer(["name[The Eagle], food[French]", "a pub"], padding=True, return_tensors="pt")
     if anatomy.is_encoder_decoder and head in ("lm", "base"):  # classification heads shift input_ids themselves
         batch["decoder_input_ids"] = torch.full((2, 3), model.config.decoder_start_token_id)
@@ -175,7 +183,7 @@ def test_tiny_models_are_deterministic_and_consistent_with_their_tokenizer(paths
     assert config.eos_token_id == tok.eos_token_id
     assert first.model.get_input_embeddings().weight.shape == (len(tok), 64)
     assert first.description["parameters"] == sum(p.numel() for p in first.model.parameters())
-    if family in ("gpt2", "bart", "t5"):  # an untrained LM predicts ~uniformly: loss ~ ln(vocab)
+    if FAMILIES[family].lm_kind != "masked_lm":  # an untrained LM predicts ~uniformly: loss ~ ln(vocab)
         batch = tok(["name[The Eagle], eatType[pub]"], return_tensors="pt")
         batch["labels"] = (tok(["The Eagle is a pub."], return_tensors="pt").input_ids
                            if first.anatomy.is_encoder_decoder else batch["input_ids"])
@@ -204,6 +212,10 @@ def test_tiny_special_ids_follow_each_family(paths: PathsConfig) -> None:
             assert [tok.pad_token_id, tok.eos_token_id, tok.unk_token_id] == [0, 1, 2]
             assert with_specials == [*plain, 1]
             assert backbone.model.config.decoder_start_token_id == 0
+        elif family == "llama":
+            assert tok.convert_ids_to_tokens([0, 1, 2]) == ["<unk>", "<s>", "</s>"]
+            assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (1, 2, 2)
+            assert with_specials == plain
         else:
             assert tok.convert_ids_to_tokens([0, 1, 2, 3, 4]) == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
             assert with_specials == [2, *plain, 3]
@@ -375,6 +387,8 @@ def test_every_backbone_yaml_matches_the_schema_and_its_name(paths: PathsConfig)
             assert load_backbone(cfg, paths).description["init"] == "tiny"
         else:
             assert cfg.config_path == str(DATA_DIR / "configs" / name) and cfg.tokenizer is None
+            for local in (cfg.gguf_file, cfg.local_dir):  # local checkpoints live under paths.models_dir
+                assert local is None or local.startswith("/no/models/"), name
 
 
 def test_random_init_errors_name_the_fix(paths: PathsConfig, tmp_path: Path) -> None:
@@ -387,3 +401,36 @@ def test_random_init_errors_name_the_fix(paths: PathsConfig, tmp_path: Path) -> 
                                      config_path=str(DATA_DIR / "configs" / "bart-base")), paths, meta=True)
     with pytest.raises(PeftrunError, match=r"backbone.source='/no/such/model' is not a directory"):
         load_backbone(BackboneConfig(name="x", family="gpt2", source="/no/such/model"), paths)
+
+
+# ------------------------------------------------------------------------------------------- checkpoint sources
+
+
+@pytest.mark.parametrize("name", ["smollm2-135m-instruct", "minilm-l6"])
+def test_missing_real_checkpoint_fails_fast_naming_the_options(paths: PathsConfig, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(PeftrunError) as err:
+        load_backbone(yaml_config(name), paths)
+    assert time.perf_counter() - start < 3.0
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"backbone {name!r}: no ")
+    assert "/no/models/" in message and "not in the local Hugging Face cache" in message
+    for option in ("backbone.source=/path/to/model", "backbone.gguf_file=", "hub id"):
+        assert option in message
+    assert "fetch-real-models" not in message
+
+
+def test_local_dir_is_tried_before_the_hub_id(paths: PathsConfig, tmp_path: Path) -> None:
+    reference = load_backbone(tiny("llama"), paths)
+    local = tmp_path / "llama-local"
+    reference.model.save_pretrained(local)
+    reference.tokenizer.save_pretrained(local)
+    cfg = BackboneConfig(name="mine", family="llama", source="nobody/nothing", local_dir=str(local))
+    loaded = load_backbone(cfg, paths)
+    assert loaded.description["local_dir"] == str(local) and loaded.description["access"] == "local directory"
+    a, b = reference.model.state_dict(), loaded.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -296,7 +296,7 @@ def test_length_check_by_layout() -> None:
 def test_formulation_needs_the_head_in_the_family() -> None:
     conll = builtin_task("conll2003", formulation="head")
     bart = OmegaConf.structured(BackboneConfig(name="tiny-bart", family="bart"))
-    with pytest.raises(PeftrunError, match=r"token head.*'tiny-bart' \(family bart\).*family bert / gpt2 / t5"):
+    with pytest.raises(PeftrunError, match=r"token head.*'tiny-bart' \(family bart\).*family bert / gpt2 / llama / t5"):
         resolve_formulation(conll, bart, "encoder-decoder")
     bert = OmegaConf.structured(BackboneConfig(name="tiny-bert", family="bert"))
     assert resolve_formulation(builtin_task("conll2003"), bert, "encoder") == "token"

@@ -17,7 +17,8 @@ from peftrun.methods import apply_method, load_method, load_peft
 peft = pytest.importorskip("peft")
 
 # Roles per family that peft can express (GPT-2: the whole fused c_attn, not q/v slices of it).
-PEFT_ROLES = {"gpt2": ["qkv", "ffn_out"], "bart": ["q", "v", "ffn_in"], "t5": ["q", "k", "o"], "bert": ["q", "v"]}
+PEFT_ROLES = {"gpt2": ["qkv", "ffn_out"], "bart": ["q", "v", "ffn_in"], "t5": ["q", "k", "o"], "bert": ["q", "v"],
+              "llama": ["q", "k", "v", "o", "ffn_in", "ffn_gate", "ffn_out"]}  # llama: GQA k/v, gated FFN
 ATOL = 1e-5
 
 
@@ -65,7 +66,8 @@ def test_peftrun_lora_loads_in_peft(family, tmp_path):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_peft_lora_loads_in_peftrun(family, tmp_path):
-    suffixes = {"gpt2": ["c_attn"], "bart": ["q_proj", "v_proj"], "t5": ["q", "v"], "bert": ["query", "value"]}
+    suffixes = {"gpt2": ["c_attn"], "bart": ["q_proj", "v_proj"], "t5": ["q", "v"], "bert": ["query", "value"],
+                "llama": ["q_proj", "v_proj"]}
     reference = _peft_model(family, suffixes[family], rank=2, alpha=4.0, init=False)  # init=False: random B
     reference.save_pretrained(tmp_path)
     bb = tiny(family)

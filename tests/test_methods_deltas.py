@@ -1,4 +1,4 @@
-"""Deltas on the four tiny families: identity at init, one step moves only the deltas, merge, save/load.
+"""Deltas on the tiny families: identity at init, one step moves only the deltas, merge, save/load.
 
 Tolerances: "exact" = torch.equal under torch.no_grad (a zero update adds exactly 0.0); merged vs unmerged
 logits atol 1e-5 (fp32, W0 x + s B A x vs (W0 + s B A) x reorders the sums); unmerge restores W0 to atol 1e-6.
@@ -16,7 +16,8 @@ from peftrun.errors import PeftrunError
 from peftrun.methods import apply_method, load_method
 
 ALL_ROLES = {"gpt2": ["qkv", "o", "ffn_in", "ffn_out"], "bart": ["q", "k", "v", "o", "ffn_in", "ffn_out"],
-             "t5": ["q", "k", "v", "o", "ffn_in", "ffn_out"], "bert": ["q", "k", "v", "o", "ffn_in", "ffn_out"]}
+             "t5": ["q", "k", "v", "o", "ffn_in", "ffn_out"], "bert": ["q", "k", "v", "o", "ffn_in", "ffn_out"],
+             "llama": ["q", "k", "v", "o", "ffn_in", "ffn_gate", "ffn_out"]}
 
 
 def lora(**kw):
@@ -120,10 +121,13 @@ def test_bitfit_with_a_classifier_also_trains_the_head_only():
     assert changed <= {n for n in before if n.endswith(".bias") or n.startswith("classifier.")}
 
 
-def test_bitfit_on_t5_is_refused_naming_the_reason():
-    bb = tiny("t5")
-    with pytest.raises(PeftrunError, match="train=bias selects no parameter"):
-        apply_method(bb.model, bb.anatomy, method(train="bias"))
+@pytest.mark.parametrize("family", ["t5", "llama"])
+def test_bitfit_on_a_bias_free_family_is_refused_before_loading(family):
+    from peftrun.backbones.families import anatomy_for
+    from peftrun.methods import validate_method
+
+    with pytest.raises(PeftrunError, match=rf"^method.train=bias \(BitFit\) .* but {family} has none; [^\n]*$"):
+        validate_method(method(train="bias"), anatomy_for(family))  # the anatomy alone: no model loaded
 
 
 def test_top_k_trains_the_last_layers_of_each_stack():

@@ -9,7 +9,7 @@ import torch
 from methods_tiny import batch, logits, tiny
 from omegaconf import OmegaConf
 
-from peftrun.backbones.families import anatomy_for
+from peftrun.backbones.families import FAMILIES, anatomy_for
 from peftrun.config import MethodConfig, RunConfig
 from peftrun.errors import PeftrunError
 from peftrun.methods import apply_method, validate_method
@@ -30,7 +30,7 @@ def method(*deltas, **kw):
         ("gpt2", method({"kind": "lora", "rnak": 4}), r"unknown key 'rnak'.*allowed: rank, alpha.*did you mean 'rank'"),
         ("gpt2", method({"kind": "lora", "rank": "four"}), r"deltas\[0\]\.rank='four'"),
         ("bart", method({"kind": "lora", "targets": ["query"]}),
-         r"unknown role 'query' \(allowed: q, k, v, o, ffn_in, ffn_out, qkv\)"),
+         r"unknown role 'query' \(allowed: q, k, v, o, ffn_in, ffn_gate, ffn_out, qkv\)"),
         ("bart", method({"kind": "lora", "targets": ["qkv"]}), r"bart has separate q, k, v.*targets=\[q, k, v\]"),
         ("gpt2", method({"kind": "lora", "attention": ["cross"]}), r"attention=\['cross'\] selects no attention.*self"),
         ("t5", method({"kind": "lora", "stacks": ["decoderr"]}), r"stacks has 'decoderr'.*\['encoder', 'decoder'\]"),
@@ -90,13 +90,18 @@ def test_method_knobs_are_one_override_away():
     assert spa[0]["scale"] == 2.0
 
 
-REFUSED = {("head_only", "gpt2"), ("head_only", "bart"), ("head_only", "t5"), ("bitfit", "t5")}
+REFUSED = {("head_only", "gpt2"), ("head_only", "bart"), ("head_only", "t5"), ("head_only", "llama")}
+REFUSED_BEFORE_LOADING = {("bitfit", "t5"), ("bitfit", "llama")}  # bias-free families
 
 
 @pytest.mark.parametrize("name", METHOD_YAMLS)
-@pytest.mark.parametrize("family", ["gpt2", "bart", "t5", "bert"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_every_method_yaml_validates_and_applies_to_every_tiny_family(name, family):
     cfg = compose_method(name, "method.bottleneck=8") if "adapter" in name else compose_method(name)
+    if (name, family) in REFUSED_BEFORE_LOADING:
+        with pytest.raises(PeftrunError, match=rf"^method.train=bias \(BitFit\) .* but {family} has none; "):
+            validate_method(cfg, anatomy_for(family))
+        return
     validate_method(cfg, anatomy_for(family))
     bb = tiny(family)
     if (name, family) in REFUSED:  # nothing to train: T5 has no biases, tied LM heads are no separate head

@@ -85,7 +85,7 @@ def _as_cache(delta: Prefix, model, batch: int) -> DynamicCache:
     prefix = delta.compute(group).detach()  # (L, 2, P, d)
     cache = DynamicCache(config=model.config)
     for layer in range(prefix.shape[0]):
-        kv = prefix[layer].view(2, P, group.heads, group.head_dim).transpose(1, 2)
+        kv = prefix[layer].view(2, P, group.kv_heads, group.head_dim).transpose(1, 2)
         cache.update(kv[0][None].expand(batch, -1, -1, -1).contiguous(),
                      kv[1][None].expand(batch, -1, -1, -1).contiguous(), layer)
     return cache
@@ -152,7 +152,7 @@ def test_prefix_equals_hand_built_reference(family, implementation):
     for group in delta.groups:
         prefix = delta.compute(group).detach()
         for index, path in enumerate(group.modules):
-            kv = prefix[index].view(2, P, group.heads, group.head_dim).transpose(1, 2)
+            kv = prefix[index].view(2, P, group.kv_heads, group.head_dim).transpose(1, 2)
             _REFERENCE[id(get_module(model, path))] = (kv[0][None], kv[1][None])
     model.set_attn_implementation("peftrun_test_reference")
     visible = torch.cat([torch.ones(batch, P, dtype=torch.bool), mask.bool()], 1)[:, None, None, :]

@@ -1,7 +1,7 @@
 """Anatomy: where each *role* of a transformer lives in a given `transformers` model.
 
 Deltas speak only in roles (q, k, v, o, ffn_in, ffn_out, ...); this module is the single place that
-maps roles to module paths for each backbone family. Adding a family = one `Anatomy` entry.
+maps roles to module paths; each family module (peftrun/backbones/families/) declares one `Anatomy`.
 
 Paths are dotted attribute paths. `StackRoles.layers` is relative to the model root (the object
 returned by `AutoModelFor...`), every other path in a stack is relative to one layer of that stack.
@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # annotations only: importing the anatomy (config validation)
     from torch import nn
 
 ATTENTION_ROLES = ("q", "k", "v", "o")
-FFN_ROLES = ("ffn_in", "ffn_out")
+FFN_ROLES = ("ffn_in", "ffn_gate", "ffn_out")
 ALL_ROLES = ATTENTION_ROLES + FFN_ROLES
 
 
@@ -60,6 +60,7 @@ class StackRoles:
     attentions: the layer's attention sublayers, in forward order.
     ffn_in / ffn_out: the FFN's first and last projection; ffn_in's input is the FFN sublayer input,
         ffn_out's output is the FFN sublayer output before the residual.
+    ffn_gate: the gate projection of a gated FFN (Llama: down(act(gate(x)) * up(x)), ffn_in = up), or None.
     causal: whether self-attention in this stack is causal.
     """
 
@@ -69,13 +70,14 @@ class StackRoles:
     ffn_in: str
     ffn_out: str
     causal: bool
+    ffn_gate: str | None = None
 
 
 @dataclass(frozen=True)
 class Anatomy:
     """Roles of one backbone family (see module docstring).
 
-    family: "gpt2" | "bart" | "t5" | "bert".
+    family: a registered family name (peftrun/backbones/families/).
     kind: "decoder" (decoder-only LM), "encoder-decoder" (seq2seq LM) or "encoder" (BERT-style).
     stacks: the model's stacks, encoder first.
     input_embeddings / lm_head: paths from the model root (lm_head None for encoders without one).
@@ -83,7 +85,10 @@ class Anatomy:
         the quirk of GPT-2; LoRA and merging must transpose for them.
     heads: paths (from the model root) of the task-head modules outside the base model: ("lm_head",),
         ("classifier",), ("score",), ("cls",) ...; what a `train=head` rule trains. An LM head may be
-        tied to `input_embeddings`. Filled per loaded model by `families.anatomy_of`.
+        tied to `input_embeddings`. Filled per loaded model by `family.anatomy_of`.
+    biases: whether the projections and norms have bias terms (False: T5, Llama; BitFit has nothing to train).
+    rotary: path (from the model root) of the rotary position module, whose `position_ids` a prefix shifts;
+        None for learned absolute tables (found by `prefix.absolute_position_table`) and relative positions.
     """
 
     family: str
@@ -94,6 +99,8 @@ class Anatomy:
     conv1d_projections: bool = False
     notes: str = field(default="", compare=False)
     heads: tuple[str, ...] = ()  # added by the backbone layer (additive; see docstring)
+    biases: bool = True
+    rotary: str | None = None
 
     @property
     def is_encoder_decoder(self) -> bool:

@@ -23,10 +23,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from peftrun.backbones.anatomy import Anatomy
-from peftrun.backbones.families import Family, anatomy_of, family_of_model_type, get_family
+from peftrun.backbones.families import (
+    Family,
+    anatomy_of,
+    family_of_model_type,
+    get_family,
+    position_table_of,
+    style_name_of,
+)
 from peftrun.backbones.hub import cached_commit, hf_hub_cache, hub_access, in_hf_cache
 from peftrun.backbones.tiny import tiny_config, tiny_tokenizer
-from peftrun.backbones.tokenizer import STYLE_OF_MODEL_TYPE, apply_specials, load_tiny_tokenizer, style_for, wrap
+from peftrun.backbones.tokenizer import apply_specials, load_tiny_tokenizer, style_for, wrap
 from peftrun.errors import PeftrunError, first_line
 
 if TYPE_CHECKING:
@@ -43,7 +50,7 @@ GPT2_TOKENIZER_DIR = "gpt2-tokenizer"  # under paths.data_dir: vocab.json, merge
 class Backbone:
     """A loaded backbone.
 
-    family: family name ("gpt2" | "bart" | "t5" | "bert"); `spec` is its Family (kinds, heads...).
+    family: family name (a module of peftrun/backbones/families/); `spec` is its Family (kinds, heads...).
     kind: the anatomy's kind ("decoder" | "encoder-decoder" | "encoder").
     head: the head it was loaded with ("lm" | "classification" | "token" | "base").
     anatomy: roles re-rooted on this very model (see families.anatomy_of).
@@ -88,7 +95,7 @@ def load_backbone(
     elif cfg.init == "random" or meta:
         model, tokenizer, facts = _load_from_config(cfg, paths, family, auto_name, num_labels, meta)
     else:
-        model, tokenizer, facts = _load_pretrained(cfg, family, auto_name, num_labels)
+        model, tokenizer, facts = _load_pretrained(cfg, paths, family, auto_name, num_labels)
 
     model.to(dtype)
     model.config.use_cache = False
@@ -155,11 +162,14 @@ def _load_from_config(cfg: BackboneConfig, paths: PathsConfig, family: Family, a
     return model, tokenizer, facts
 
 
-def _load_pretrained(cfg: BackboneConfig, family: Family, auto_name: str,
+def _load_pretrained(cfg: BackboneConfig, paths: PathsConfig, family: Family, auto_name: str,
                      num_labels: int | None) -> tuple[Any, Any, dict[str, Any]]:
     import transformers
 
-    where, kwargs = _locate(cfg.source, cfg.revision, cfg.name, family)
+    from peftrun.backbones.checkpoints import resolve_source
+
+    source, checkpoint = resolve_source(cfg, paths, family.auto_class_name("lm"))
+    where, kwargs = _locate(source, cfg.revision, cfg.name, family)
     try:
         config = transformers.AutoConfig.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as err:
@@ -175,7 +185,7 @@ def _load_pretrained(cfg: BackboneConfig, family: Family, auto_name: str,
         model = getattr(transformers, auto_name).from_pretrained(where, config=config, dtype=_dtype(cfg), **kwargs)
     except (OSError, ValueError) as err:
         raise PeftrunError(f"backbone {cfg.name!r}: cannot load {where!r} as {auto_name}: {first_line(err)}") from err
-    tokenizer_where = cfg.tokenizer or cfg.source
+    tokenizer_where = cfg.tokenizer or source
     tokenizer = _load_tokenizer(tokenizer_where, cfg.revision if cfg.tokenizer is None else None, cfg.name, family)
     _fill_pad(tokenizer)
     _set_special_ids(model.config, tokenizer, model.config.model_type, model.config.is_encoder_decoder,
@@ -187,6 +197,7 @@ def _load_pretrained(cfg: BackboneConfig, family: Family, auto_name: str,
         "commit": None if local else cached_commit(where, cfg.revision),
         "access": "local directory" if local else ("hf cache" if kwargs["local_files_only"] else "network"),
         "tokenizer": str(tokenizer_where),
+        **checkpoint,
     }
     return model, tokenizer, facts
 
@@ -324,12 +335,12 @@ def _random_init_tokenizer(cfg: BackboneConfig, paths: PathsConfig, config: Any)
         tokenizer = _load_tokenizer(source, cfg.revision, cfg.name, family)
         _fill_pad(tokenizer)
         return tokenizer, source
-    style = STYLE_OF_MODEL_TYPE.get(config.model_type)
-    if style in ("gpt2", "bart"):
+    style = style_name_of(config.model_type)
+    if style in ("gpt2", "bart"):  # the byte-level BPE conventions that use GPT-2's vocabulary
         folder = Path(os.path.expanduser(paths.data_dir)) / GPT2_TOKENIZER_DIR
         if (folder / "tokenizer.json").is_file():
             return _gpt2_bpe(folder, config), f"{folder} ({style} special tokens)"
-    tokenizer = load_tiny_tokenizer(style or "bert", paths.cache_dir)
+    tokenizer = load_tiny_tokenizer(style, paths.cache_dir)
     return tokenizer, f"tiny-{style} (offline fallback: no {config.model_type} tokenizer here; set backbone.tokenizer)"
 
 
@@ -345,7 +356,7 @@ def _gpt2_bpe(folder: Path, config: Any) -> Any:
 
     specials = style_for(config.model_type)
     data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
-    if STYLE_OF_MODEL_TYPE[config.model_type] == "bart":
+    if style_name_of(config.model_type) == "bart":
         first = [t for t in specials.tokens if t != specials.mask]
         vocab = data["model"]["vocab"]
         data["model"]["vocab"] = {**{t: i for i, t in enumerate(first)},
@@ -353,5 +364,6 @@ def _gpt2_bpe(folder: Path, config: Any) -> Any:
         data["added_tokens"] = []
     tok = Tokenizer.from_str(json.dumps(data))
     apply_specials(tok, specials)
-    positions = config.max_position_embeddings - (2 if config.model_type == "roberta" else 0)  # RoBERTa offsets by 2
+    table = position_table_of(config.model_type)  # RoBERTa loses 2 rows to its offset
+    positions = config.max_position_embeddings - (table.offset if table else 0)
     return wrap(tok, specials, max_length=positions)

@@ -1,7 +1,7 @@
-"""Tiny offline backbones (tiny-gpt2, tiny-bart, tiny-t5, tiny-bert): real architectures at toy size.
+"""Tiny offline backbones (tiny-gpt2, tiny-bart, tiny-t5, tiny-bert, tiny-llama): real architectures at toy size.
 
-Each is its family's transformers class built from a small config (hidden 64, 2 layers per stack,
-4 heads of 16, FFN 128/256, 512 positions) with weights drawn from a fixed seed (identical in every
+Each is its family's transformers class built from the small config its family module declares (`Family.tiny`:
+hidden 64, 2 layers per stack, 4 heads of 16, FFN 128/256, 512 positions) with weights drawn from a fixed seed (identical in every
 process) and a byte-level BPE tokenizer trained locally on an embedded corpus (see tokenizer.py). The
 config's vocab_size is the tokenizer's size and its special ids are the tokenizer's.
 `backbone.tiny` overrides any config.json key (e.g. `backbone.tiny.n_layer=4`); unknown keys are refused.
@@ -12,25 +12,16 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from peftrun.backbones.families import get_family
-from peftrun.backbones.tokenizer import STYLE_OF_MODEL_TYPE, STYLES, load_tiny_tokenizer, special_token_ids
+from peftrun.backbones.families import FAMILIES, get_family, style_name_of
+from peftrun.backbones.tokenizer import load_tiny_tokenizer, special_token_ids, style_for
 from peftrun.errors import PeftrunError
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedTokenizerFast
 
-# family -> (model_type, config kwargs). Dropouts keep the real models' defaults (0.1): call model.eval() to compare.
-TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
-    "gpt2": ("gpt2", {"n_embd": 64, "n_layer": 2, "n_head": 4, "n_inner": 256, "n_positions": 512}),
-    "bart": ("bart", {"d_model": 64, "encoder_layers": 2, "decoder_layers": 2, "encoder_attention_heads": 4,
-                      "decoder_attention_heads": 4, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128,
-                      "max_position_embeddings": 512}),
-    "t5": ("t5", {"d_model": 64, "d_kv": 16, "num_heads": 4, "num_layers": 2, "num_decoder_layers": 2, "d_ff": 128,
-                  "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
-                  "feed_forward_proj": "relu"}),
-    "bert": ("bert", {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 256,
-                      "max_position_embeddings": 512, "type_vocab_size": 2}),
-}
+# family -> (model_type, config kwargs), read from the family modules. Dropouts keep the real models' defaults
+# (0.1): call model.eval() to compare.
+TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {name: f.tiny for name, f in FAMILIES.items() if f.tiny}
 
 # Keys decided by the tokenizer, not by the user.
 _TOKENIZER_KEYS = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
@@ -67,7 +58,7 @@ def _tiny_entry(family: str) -> tuple[str, dict[str, Any]]:
 def tiny_tokenizer(family: str, cache_dir: str) -> PreTrainedTokenizerFast:
     """The family's tiny tokenizer (trained on first use, then read from `<cache_dir>/tokenizers/`)."""
     model_type, _ = _tiny_entry(family)
-    return load_tiny_tokenizer(STYLE_OF_MODEL_TYPE[model_type], cache_dir)
+    return load_tiny_tokenizer(style_name_of(model_type), cache_dir)
 
 
 def tiny_config(family: str, tokenizer: PreTrainedTokenizerFast, overrides: dict[str, Any] | None = None,
@@ -77,7 +68,7 @@ def tiny_config(family: str, tokenizer: PreTrainedTokenizerFast, overrides: dict
     overrides = dict(overrides or {})
     check_overrides(family, overrides)
     encoder_decoder = get_family(family).anatomy.is_encoder_decoder
-    ids = special_token_ids(tokenizer, STYLES[STYLE_OF_MODEL_TYPE[model_type]], encoder_decoder)
+    ids = special_token_ids(tokenizer, style_for(model_type), encoder_decoder)
     kwargs: dict[str, Any] = {**defaults, **overrides, "vocab_size": len(tokenizer), **ids}
     if num_labels is not None:
         kwargs["num_labels"] = num_labels

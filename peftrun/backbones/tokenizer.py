@@ -1,11 +1,13 @@
 """Tokenizers: family special-token conventions, the locally trained tiny tokenizers and their cache.
 
-Four conventions ("styles"), named after the model type that defines them:
+Conventions ("styles", a `Specials` each) are declared by the family modules (peftrun/backbones/families/),
+named after the model type that defines them, e.g.
 
     gpt2    <|endoftext|> is bos = eos = unk, pad = eos, no template          (GPT-2)
     bart    <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4, "<s> x </s>", pairs "<s> a </s></s> b </s>"   (BART, RoBERTa)
     t5      <pad>=0 </s>=1 <unk>=2, "x </s>", pairs "a </s> b </s>"          (T5)
     bert    [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4, "[CLS] x [SEP]", pairs "[CLS] a [SEP] b [SEP]"  (BERT)
+    llama   <unk>=0 <s>=1 </s>=2, pad = eos, no template                      (Llama, Mistral)
 
 The tiny tokenizers are byte-level BPE (any text tokenizes; unseen words fall back to bytes) trained on
 `corpus.corpus_text()` and cached under `<cache_dir>/tokenizers/tiny-<style>-<content hash>/`, the hash
@@ -62,22 +64,6 @@ class Specials:
     token_type_ids: bool = False  # the tokenizer returns segment ids (BERT's pairs)
 
 
-STYLES: dict[str, Specials] = {
-    "gpt2": Specials(tokens=("<|endoftext|>",), bos="<|endoftext|>", eos="<|endoftext|>", unk="<|endoftext|>",
-                     pad="<|endoftext|>"),
-    "bart": Specials(tokens=("<s>", "<pad>", "</s>", "<unk>", "<mask>"), bos="<s>", eos="</s>", unk="<unk>",
-                     pad="<pad>", mask="<mask>", cls="<s>", sep="</s>", roberta_processor=True, decoder_start="</s>"),
-    "t5": Specials(tokens=("<pad>", "</s>", "<unk>"), eos="</s>", unk="<unk>", pad="<pad>",
-                   single="$A </s>", pair="$A </s> $B </s>", decoder_start="<pad>"),
-    "bert": Specials(tokens=("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"), unk="[UNK]", pad="[PAD]", mask="[MASK]",
-                     cls="[CLS]", sep="[SEP]", single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-                     token_type_ids=True),
-}
-
-# config.model_type -> style; RoBERTa shares BART's byte-level conventions.
-STYLE_OF_MODEL_TYPE = {"gpt2": "gpt2", "bart": "bart", "roberta": "bart", "t5": "t5", "bert": "bert"}
-
-
 def special_token_ids(tokenizer: PreTrainedTokenizerFast, specials: Specials, encoder_decoder: bool) -> dict[str, int]:
     """Model-config ids (pad/bos/eos/decoder_start_token_id) that agree with `tokenizer`, for roles it has."""
     ids = {f"{role}_token_id": getattr(tokenizer, f"{role}_token_id") for role in ("pad", "bos", "eos")}
@@ -87,12 +73,17 @@ def special_token_ids(tokenizer: PreTrainedTokenizerFast, specials: Specials, en
 
 
 def style_for(model_type: str) -> Specials:
-    """The special-token convention of a `config.model_type`."""
-    if model_type not in STYLE_OF_MODEL_TYPE:
-        raise PeftrunError(
-            f"no tokenizer convention for model_type {model_type!r}; known: {', '.join(sorted(STYLE_OF_MODEL_TYPE))}"
-        )
-    return STYLES[STYLE_OF_MODEL_TYPE[model_type]]
+    """The special-token convention of a `config.model_type` (declared by its family module)."""
+    from peftrun.backbones.families import style_name_of, style_named
+
+    return style_named(style_name_of(model_type))
+
+
+def style(name: str) -> Specials:
+    """The special-token convention `name` ("gpt2", "bart", "t5", "bert", "llama" ...)."""
+    from peftrun.backbones.families import style_named
+
+    return style_named(name)
 
 
 def apply_specials(tok: Tokenizer, specials: Specials) -> None:
@@ -126,20 +117,20 @@ def wrap(tok: Tokenizer, specials: Specials, max_length: int) -> PreTrainedToken
     )
 
 
-def _recipe(style: str, vocab_size: int) -> dict:
+def _recipe(style_name: str, vocab_size: int) -> dict:
     import tokenizers
 
     corpus_hash = hashlib.sha256(corpus_text().encode("utf-8")).hexdigest()
-    return {"recipe": RECIPE_VERSION, "style": style, "specials": asdict(STYLES[style]), "vocab_size": vocab_size,
+    return {"recipe": RECIPE_VERSION, "style": style_name, "specials": asdict(style(style_name)), "vocab_size": vocab_size,
             "min_frequency": 2, "max_length": TINY_MAX_LENGTH, "corpus_sha256": corpus_hash,
             "tokenizers": tokenizers.__version__}
 
 
-def train_tiny_tokenizer(style: str, vocab_size: int = TINY_VOCAB_SIZE) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer with `style`'s special tokens (ids 0..n-1) on the embedded corpus."""
+def train_tiny_tokenizer(style_name: str, vocab_size: int = TINY_VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer with the style's special tokens (ids 0..n-1) on the embedded corpus."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    specials = STYLES[style]
+    specials = style(style_name)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -156,23 +147,23 @@ def train_tiny_tokenizer(style: str, vocab_size: int = TINY_VOCAB_SIZE) -> PreTr
     return wrap(tok, specials, TINY_MAX_LENGTH)
 
 
-def tiny_tokenizer_dir(style: str, cache_dir: str, vocab_size: int = TINY_VOCAB_SIZE) -> Path:
-    """Where the tiny tokenizer of `style` is cached: `<cache_dir>/tokenizers/tiny-<style>-<hash12>`."""
-    digest = hashlib.sha256(json.dumps(_recipe(style, vocab_size), sort_keys=True).encode()).hexdigest()[:12]
-    return Path(cache_dir).expanduser() / "tokenizers" / f"tiny-{style}-{digest}"
+def tiny_tokenizer_dir(style_name: str, cache_dir: str, vocab_size: int = TINY_VOCAB_SIZE) -> Path:
+    """Where the tiny tokenizer of a style is cached: `<cache_dir>/tokenizers/tiny-<style>-<hash12>`."""
+    digest = hashlib.sha256(json.dumps(_recipe(style_name, vocab_size), sort_keys=True).encode()).hexdigest()[:12]
+    return Path(cache_dir).expanduser() / "tokenizers" / f"tiny-{style_name}-{digest}"
 
 
-def load_tiny_tokenizer(style: str, cache_dir: str, vocab_size: int = TINY_VOCAB_SIZE) -> PreTrainedTokenizerFast:
-    """The tiny tokenizer of `style`, trained once and then read from the cache.
+def load_tiny_tokenizer(style_name: str, cache_dir: str,
+                        vocab_size: int = TINY_VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    """The tiny tokenizer of a style, trained once and then read from the cache.
 
     The cache entry is written to a temporary sibling directory and renamed into place, so concurrent runs
     never see a half-written tokenizer (the loser of a race discards its copy and reads the winner's).
     """
     from transformers import PreTrainedTokenizerFast
 
-    if style not in STYLES:
-        raise PeftrunError(f"unknown tokenizer style {style!r}; known: {', '.join(sorted(STYLES))}")
-    final = tiny_tokenizer_dir(style, cache_dir, vocab_size)
+    style(style_name)  # an unknown name fails here, naming the known ones
+    final = tiny_tokenizer_dir(style_name, cache_dir, vocab_size)
     if (final / "tokenizer.json").is_file():
         try:
             return PreTrainedTokenizerFast.from_pretrained(str(final))
@@ -181,7 +172,7 @@ def load_tiny_tokenizer(style: str, cache_dir: str, vocab_size: int = TINY_VOCAB
                                                 final, first_line(err))
             shutil.rmtree(final, ignore_errors=True)
     if not (final / "tokenizer.json").is_file():
-        tokenizer = train_tiny_tokenizer(style, vocab_size)
+        tokenizer = train_tiny_tokenizer(style_name, vocab_size)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
@@ -190,7 +181,7 @@ def load_tiny_tokenizer(style: str, cache_dir: str, vocab_size: int = TINY_VOCAB
                                "set paths.cache_dir (or PEFTRUN_CACHE_DIR) to a writable directory") from err
         try:
             tokenizer.save_pretrained(str(tmp))
-            (tmp / "peftrun_recipe.json").write_text(json.dumps(_recipe(style, vocab_size), indent=2) + "\n")
+            (tmp / "peftrun_recipe.json").write_text(json.dumps(_recipe(style_name, vocab_size), indent=2) + "\n")
             os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp gives 0700; a shared cache follows the umask
             os.rename(tmp, final)
         except OSError:

@@ -5,9 +5,10 @@ Every attention module of GPT-2, BART, T5 and BERT/RoBERTa calls
     ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)(
         module, query, key, value, attention_mask, scaling=..., dropout=..., [position_bias=...] ...)
 
-with query (B, H, q, d) and key/value (B, H, kv, d) already projected (and, in generation, read from / written
+with query (B, H, q, d) and key/value (B, H_kv, kv, d) already projected (H_kv < H with grouped-query attention,
+Llama: the stock functions repeat each key/value head for its group of query heads) (and, in generation, read from / written
 to the KV cache). `route` sets `_attn_implementation` of every config of a model to IMPLEMENTATION, whose
-attention function looks the module up, prepends its prefix keys/values (B, H, P, d) and calls the stock
+attention function looks the module up, prepends its prefix keys/values (B, H_kv, P, d) and calls the stock
 implementation (sdpa, or the module's own eager function). The prefix never enters the KV cache, so the cache
 holds only real tokens and generation needs nothing special.
 
@@ -47,7 +48,7 @@ COMPOSITIONS = ("concat", "gated", "add")
 
 
 class KVSource(Protocol):
-    """What an attention module's prefix comes from: `()` -> (keys, values), each (1|B, H, P, head_dim)."""
+    """What an attention module's prefix comes from: `()` -> (keys, values), each (1|B, H_kv, P, head_dim)."""
 
     composition: str
 
@@ -239,6 +240,8 @@ def _explicit(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
               mask: torch.Tensor | None, pk: torch.Tensor, pv: torch.Tensor, composition: str,
               function: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[torch.Tensor, None]:
     """The gated / add forms: two attentions (real tokens, prefix) composed as in the module docstring."""
+    group = query.shape[1] // pk.shape[1]  # grouped-query attention: each key/value head serves `group` queries
+    pk, pv = pk.repeat_interleave(group, dim=1), pv.repeat_interleave(group, dim=1)
     scaling = kwargs.get("scaling")
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
@@ -250,6 +253,7 @@ def _explicit(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: 
             mask = _additive(mask, query.dtype)
         real, _ = function(module, query, key, value, mask, **kwargs)
         return real + delta.transpose(1, 2), None
+    key, value = key.repeat_interleave(group, dim=1), value.repeat_interleave(group, dim=1)
     scores = torch.matmul(query, key.transpose(-1, -2)) * scaling  # (B, H, q, kv)
     if kwargs.get("position_bias") is not None:
         scores = scores + kwargs["position_bias"]

@@ -3,7 +3,7 @@
     h = W0 x + (alpha / r) * B A dropout(x)        A: [r, in], B: [out, r]
 
 A is kaiming-uniform(a=sqrt(5)) (the reference code's / peft's init of nn.Linear), B is zero, so at
-step 0 the model is exactly the base model. Targets are roles (q, k, v, o, ffn_in, ffn_out; `qkv` =
+step 0 the model is exactly the base model. Targets are roles (q, k, v, o, ffn_in, ffn_gate, ffn_out; `qkv` =
 GPT-2's whole fused c_attn, which is what peft targets). On a fused projection q/k/v are slices of the
 output: each selected slice gets its own A and B (the paper's MergedLinear with enable_lora=[True,
 False, True]), so rank r on q and v of gpt2-medium costs 24 x 2 x r x (1024 + 1024) parameters.
@@ -29,6 +29,7 @@ from peftrun.errors import PeftrunError
 from peftrun.methods.base import Delta, register_delta
 from peftrun.methods.sites import (
     ATTENTION_KINDS,
+    FFN_PROJECTION_ROLES,
     PROJECTION_ROLES,
     Site,
     check_roles,
@@ -43,7 +44,7 @@ class LoRASpec:
     rank: int = 4  # r; the LoRA paper's GPT-2 E2E setting
     alpha: float = 32.0  # scaling = alpha / rank
     dropout: float = 0.0  # dropout on the LoRA branch input x (not on the frozen path)
-    targets: list[str] = field(default_factory=lambda: ["q", "v"])  # roles: q k v o ffn_in ffn_out | qkv
+    targets: list[str] = field(default_factory=lambda: ["q", "v"])  # roles: q k v o ffn_in ffn_gate ffn_out | qkv
     layers: list[int] | None = None  # layer indices per stack (negative = from the end); null = all
     stacks: list[str] | None = None  # encoder / decoder; null = all stacks
     attention: list[str] = field(default_factory=lambda: list(ATTENTION_KINDS))  # self / cross
@@ -87,7 +88,7 @@ class LoRA(Delta):
         reason = check_roles(anatomy, spec.targets, PROJECTION_ROLES)
         if reason:
             return reason
-        uses_attention = any(r not in ("ffn_in", "ffn_out") for r in spec.targets)
+        uses_attention = any(r not in FFN_PROJECTION_ROLES for r in spec.targets)
         return check_selection(anatomy, spec.stacks, spec.attention, spec.layers, uses_attention)
 
     # --- building -------------------------------------------------------------------------------------------

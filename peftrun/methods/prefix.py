@@ -6,10 +6,13 @@ and [PREFIX'; y] in the decoder, and its cross attention [PREFIX''; enc(x)]. The
 attention function (peftrun.methods.attention_hook), never the KV cache; padding stays masked and the prefix
 is visible to every query.
 
-Parameters, per group g = (stack, attention kind) with L_g selected layers and inner width d_in = heads x head_dim:
-    mid_dim set (Li & Liang's reparameterisation, trained):  E_g (P, d_model) -> Linear(d_model, mid_dim) -> tanh
+Parameters, per group g = (stack, attention kind) with L_g selected layers and key/value width
+d_in = kv_heads x head_dim (= heads x head_dim, except with grouped-query attention, e.g. Llama, where a prefix has
+one key and value per key/value head, shared by its group of query heads, as peft's num_key_value_heads):
+    mid_dim set (Li & Liang's reparameterisation, trained):  E_g (P, d_in) -> Linear(d_in, mid_dim) -> tanh
         -> Linear(mid_dim, L_g * 2 * d_in); row p, chunk 2l (+1) = layer l's key (value) of position p
-        (the layout of Li & Liang's and peft's prefix encoders). Only the result is saved.
+        (the layout of Li & Liang's and peft's prefix encoders; E's width d_in is d_model in every multi-head
+        family, and the key/value width under GQA, as peft's token_dim). Only the result is saved.
     mid_dim null (P-tuning v2): the prefix itself, a parameter (L_g, 2, P, d_in) ~ N(0, 1) (nn.Embedding's init,
         as P-tuning v2 and peft).
     saved: {g: (L_g, 2, P, d_in)} either way, e.g. P-tuning v2 with 128 prompts on roberta-large saves
@@ -17,7 +20,8 @@ Parameters, per group g = (stack, attention kind) with L_g selected layers and i
 
 Positions (`shift_positions`, decoder-only and encoder-only families): the reference implementations feed the
 prefix as past key/values, so a model with learned absolute positions (GPT-2 wpe, BERT/RoBERTa position
-embeddings) numbers the real tokens from P on (Li & Liang's GPT-2 code, P-tuning v2's BERT code, peft). True
+embeddings) or rotary positions (Llama: `position_ids` of the anatomy's `rotary` module) numbers the real
+tokens from P on (Li & Liang's GPT-2 code, P-tuning v2's BERT code, peft). True
 keeps that (and peft parity); false numbers them from 0. Encoder-decoders are never shifted (Li & Liang's BART
 did not; T5 is relative: its position bias gets zero columns for the prefix).
 """
@@ -52,13 +56,13 @@ class PrefixSpec:
 
 @dataclass(frozen=True)
 class Group:
-    """One (stack, attention kind): its layers, their attention module paths and sizes."""
+    """One (stack, attention kind): its layers, their attention module paths and key/value sizes."""
 
     stack: str
     kind: str
     layers: tuple[int, ...]
     modules: tuple[str, ...]
-    heads: int
+    kv_heads: int
     head_dim: int
 
     @property
@@ -67,16 +71,16 @@ class Group:
 
     @property
     def inner(self) -> int:
-        return self.heads * self.head_dim
+        return self.kv_heads * self.head_dim
 
 
 class PrefixMLP(nn.Module):
     """Li & Liang's reparameterisation: E (P, d) -> tanh MLP -> (P, L * 2 * d_in)."""
 
-    def __init__(self, length: int, d_model: int, mid_dim: int, out: int) -> None:
+    def __init__(self, length: int, width: int, mid_dim: int, out: int) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(length, d_model)
-        self.transform = nn.Sequential(nn.Linear(d_model, mid_dim), nn.Tanh(), nn.Linear(mid_dim, out))
+        self.embedding = nn.Embedding(length, width)
+        self.transform = nn.Sequential(nn.Linear(width, mid_dim), nn.Tanh(), nn.Linear(mid_dim, out))
 
     def forward(self) -> torch.Tensor:
         return self.transform(self.embedding.weight)
@@ -137,7 +141,7 @@ class Prefix(Delta):
             for attention in stack.attentions:
                 if attention.kind in self.spec.attention and layers:
                     modules = tuple(f"{stack.layers}.{i}.{attention.module}" for i in layers)
-                    groups.append(Group(stack.name, attention.kind, tuple(layers), modules, sizes.heads,
+                    groups.append(Group(stack.name, attention.kind, tuple(layers), modules, sizes.kv_heads,
                                         sizes.head_dim))
         return groups
 
@@ -147,14 +151,13 @@ class Prefix(Delta):
             raise PeftrunError("the prefix selects no attention sublayer of this model; fix stacks/attention/layers")
         like = next(model.parameters())
         kw = {"device": like.device, "dtype": like.dtype}
-        d_model = model.get_input_embeddings().embedding_dim
         P = self.spec.length
         for group in self.groups:
             if group.name in self.encoders or group.name in self.prefixes:
                 continue
             if self.spec.mid_dim is not None:
                 out = len(group.layers) * 2 * group.inner
-                self.encoders[group.name] = PrefixMLP(P, d_model, self.spec.mid_dim, out).to(**kw)
+                self.encoders[group.name] = PrefixMLP(P, group.inner, self.spec.mid_dim, out).to(**kw)
             else:
                 self.prefixes[group.name] = nn.Parameter(torch.randn(len(group.layers), 2, P, group.inner, **kw))
         sources: dict[nn.Module, Callable] = {}
@@ -164,9 +167,13 @@ class Prefix(Delta):
             stack_root = get_module(model, self.anatomy.stack(group.stack).layers.rsplit(".", 1)[0])
             self._handles.append(stack_root.register_forward_pre_hook(self._forget(group.name)))
         if self.spec.shift_positions and not self.anatomy.is_encoder_decoder:
-            table = absolute_position_table(model)
-            if table is not None:
-                self._handles.append(table.register_forward_pre_hook(self._shift))
+            if self.anatomy.rotary is not None:
+                rotary = get_module(model, self.anatomy.rotary)
+                self._handles.append(rotary.register_forward_pre_hook(self._shift_rotary, with_kwargs=True))
+            else:
+                table = absolute_position_table(model)
+                if table is not None:
+                    self._handles.append(table.register_forward_pre_hook(self._shift))
         self._route = route(model, sources)
 
     def detach(self, model: nn.Module) -> None:
@@ -188,6 +195,12 @@ class Prefix(Delta):
 
     def _shift(self, _module: nn.Module, args: tuple) -> tuple:
         return (args[0] + self.spec.length,) + tuple(args[1:])
+
+    def _shift_rotary(self, _module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """Rotary module forward(x, position_ids): the real tokens' positions start at P."""
+        if "position_ids" in kwargs:
+            return args, {**kwargs, "position_ids": kwargs["position_ids"] + self.spec.length}
+        return (args[0], args[1] + self.spec.length, *args[2:]), kwargs
 
     # --- the prefix -----------------------------------------------------------------------------------------
 
@@ -243,7 +256,7 @@ class Prefix(Delta):
 
 
 class _LayerPrefix:
-    """KVSource of one attention module: layer `index` of `group`, as (1, H, P, head_dim) keys and values."""
+    """KVSource of one attention module: layer `index` of `group`, as (1, H_kv, P, head_dim) keys and values."""
 
     def __init__(self, delta: Prefix, group: Group, index: int) -> None:
         self.delta = delta
@@ -254,5 +267,5 @@ class _LayerPrefix:
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
         layer = self.delta.current(self.group)[self.index]  # (2, P, d_in)
         P = layer.shape[1]
-        kv = layer.view(2, P, self.group.heads, self.group.head_dim).transpose(1, 2)  # (2, H, P, head_dim)
+        kv = layer.view(2, P, self.group.kv_heads, self.group.head_dim).transpose(1, 2)  # (2, H_kv, P, head_dim)
         return kv[0].unsqueeze(0), kv[1].unsqueeze(0)

@@ -17,7 +17,8 @@ from peftrun.backbones.anatomy import Anatomy, AttentionRoles, StackRoles, get_m
 from peftrun.errors import PeftrunError
 
 ATTENTION_KINDS = ("self", "cross")
-PROJECTION_ROLES = ("q", "k", "v", "o", "ffn_in", "ffn_out", "qkv")
+PROJECTION_ROLES = ("q", "k", "v", "o", "ffn_in", "ffn_gate", "ffn_out", "qkv")
+FFN_PROJECTION_ROLES = ("ffn_in", "ffn_gate", "ffn_out")  # ffn_gate: the gate of a gated FFN (Llama), if any
 QKV_PARTS = {"q": 0, "k": 1, "v": 2}
 
 
@@ -69,6 +70,9 @@ def check_roles(anatomy: Anatomy, roles: Sequence[str], allowed_roles: Sequence[
         )
     if "qkv" in roles and any(r in QKV_PARTS for r in roles):
         return "targets has both 'qkv' (the whole fused projection) and q/k/v slices of it; pick one"
+    if "ffn_gate" in roles and not any(s.ffn_gate is not None for s in anatomy.stacks):
+        return (f"role 'ffn_gate' is the gate projection of a gated FFN, but {anatomy.family}'s FFN is not gated; "
+                "fix: targets=[ffn_in, ffn_out]")
     return None
 
 
@@ -123,7 +127,7 @@ def select_sites(
     attention: Sequence[str] = ATTENTION_KINDS,
     layers: Sequence[int] | None = None,
 ) -> list[Site]:
-    """All sites of `model` for projection roles (q, k, v, o, qkv, ffn_in, ffn_out), in forward order."""
+    """All sites of `model` for projection roles (q, k, v, o, qkv, ffn_in, ffn_gate, ffn_out), in forward order."""
     sites = []
     for stack in anatomy.stacks:
         if stacks is not None and stack.name not in stacks:
@@ -134,14 +138,14 @@ def select_sites(
                 if att.kind not in attention:
                     continue
                 for role in roles:
-                    if role in ("ffn_in", "ffn_out"):
+                    if role in FFN_PROJECTION_ROLES:
                         continue
                     found = attention_role_path(att, role)
                     if found is not None:
                         rel, part = found
                         sites.append(Site(stack.name, index, role, f"{prefix}.{index}.{rel}", att.kind, part))
             for role in roles:
-                if role in ("ffn_in", "ffn_out"):
+                if role in FFN_PROJECTION_ROLES and getattr(stack, role) is not None:
                     sites.append(Site(stack.name, index, role, f"{prefix}.{index}.{getattr(stack, role)}"))
     return sites
 
@@ -203,5 +207,5 @@ def projection_shape(module: nn.Module) -> tuple[int, int, bool]:
         return module.weight.shape[0], module.weight.shape[1], True
     raise PeftrunError(
         f"a delta targets a {type(module).__name__}, but only nn.Linear and transformers' Conv1D projections are "
-        "supported; fix the family's anatomy (peftrun/backbones/families.py) or the method's targets"
+        "supported; fix the family's anatomy (peftrun/backbones/families/) or the method's targets"
     )

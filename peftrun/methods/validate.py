@@ -128,6 +128,11 @@ def validate_method(method_cfg: Any, anatomy: Anatomy) -> list[DeltaItem]:
     """
     method = method_to_dict(method_cfg)
     validate_train_rule(method)
+    if method["train"] == "bias" and not anatomy.biases:
+        raise PeftrunError(
+            f"method.train=bias (BitFit) trains the backbone's bias terms, but {anatomy.family} has none; "
+            "pick another method (e.g. method=lora)"
+        )
     items = parse_deltas(method)
     for index, item in enumerate(items):
         reason = item.cls.supports(item.spec, anatomy)

@@ -1,10 +1,14 @@
-"""Backbone families: one `Anatomy` + how to build each head, registered once in `FAMILIES`.
+"""The backbone family registry: what one family module declares (`Family`) and how the rest of peftrun reads it.
 
-Each family's anatomy is written for its language-model class (what `load_backbone(head="lm")` returns:
-GPT2LMHeadModel, BartForConditionalGeneration, T5ForConditionalGeneration, BertForMaskedLM), so
-`anatomy_for(family)` needs no model. A loaded model of any head is served by `anatomy_of(model, family)`,
-which re-roots the paths on that model's base model (`model.base_model`, e.g. `roberta.` instead of
-`bert.`, `transformer.` for T5ForSequenceClassification) and checks that every role resolves.
+A family is one module under peftrun/backbones/families/ (gpt2.py, bart.py, t5.py, bert.py, llama.py) that calls
+`register_family` once with everything peftrun knows about it: its anatomy (roles, written for its LM class),
+shapes (`Shape`, with key/value heads), heads (transformers Auto classes), the `config.model_type`s it serves,
+its tokenizer conventions (`Specials`), its tiny offline config and its absolute position tables. Nothing
+else in peftrun names a family: loading, tokenizers, tiny models, length checks and deltas read this registry.
+Adding a family = one module imported in families/__init__.py, plus its YAMLs in conf/backbone/.
+
+`anatomy_of(model, family)` re-roots the LM-class anatomy on a loaded model of any head (`model.base_model`,
+e.g. `roberta.` instead of `bert.`, `transformer.` for T5ForSequenceClassification) and checks every role.
 
 Support is decided here, in one place: `Family.kinds` says what a family can be used as
 ("causal_lm" | "seq2seq_lm" | "masked_lm" | "classification" | "token"); callers ask `family.require(kind)`.
@@ -16,11 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from peftrun.backbones.anatomy import Anatomy, AttentionRoles, StackRoles, get_module
+from peftrun.backbones.anatomy import Anatomy, get_module
 from peftrun.errors import PeftrunError
 
 if TYPE_CHECKING:  # annotations only: importing the families (config validation) does not import torch
     from torch import nn
+
+    from peftrun.backbones.tokenizer import Specials
 
 LM_KIND = {"decoder": "causal_lm", "encoder-decoder": "seq2seq_lm", "encoder": "masked_lm"}
 HEADS = ("lm", "classification", "token", "base")  # `load_backbone(head=...)`; "base" = AutoModel, no head
@@ -28,12 +34,14 @@ HEADS = ("lm", "classification", "token", "base")  # `load_backbone(head=...)`; 
 
 @dataclass(frozen=True)
 class StackShape:
-    """Sizes of one stack: `layers` layers of `heads` attention heads of width `head_dim`, FFN width `ffn`."""
+    """Sizes of one stack: `layers` layers of `heads` query heads of width `head_dim`, FFN width `ffn`, and
+    `kv_heads` key/value heads (= heads, or fewer with grouped-query attention: each serves heads // kv_heads)."""
 
     layers: int
     heads: int
     head_dim: int
     ffn: int
+    kv_heads: int
 
 
 @dataclass(frozen=True)
@@ -46,14 +54,27 @@ class Shape:
 
 
 @dataclass(frozen=True)
-class Family:
-    """One backbone family.
+class PositionTable:
+    """A learned absolute position table: `config[key]` rows, `offset` of them unusable (RoBERTa's 2).
+    A longer input indexes past it; families with relative or rotary positions declare none."""
 
-    anatomy: roles, rooted at the family's LM class (see module docstring).
+    key: str
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class Family:
+    """One backbone family (see module docstring).
+
+    anatomy: roles, rooted at the family's LM class.
     base_prefix: attribute of that LM class holding the base model ("" when the LM class is its own base, as T5).
     heads: head name -> transformers Auto class name (lazily imported); "lm" always present.
     model_types: `config.model_type` values this family serves (bert also serves roberta).
     shape: config -> Shape (hidden size, head counts, ...) for deltas that size themselves by the model.
+    tokenizer_styles: model_type -> name of its special-token convention (a `Specials` in some family's `styles`).
+    styles: the special-token conventions this family defines, by name.
+    tiny: (model_type, config kwargs) of the family's tiny offline backbone, or None.
+    positions: model_type -> its absolute position table; absent = no limit from positions.
     """
 
     name: str
@@ -62,6 +83,10 @@ class Family:
     heads: dict[str, str]
     model_types: tuple[str, ...]
     shape: Callable[[Any], Shape] = field(compare=False)
+    tokenizer_styles: dict[str, str] = field(default_factory=dict)
+    styles: dict[str, Specials] = field(default_factory=dict)
+    tiny: tuple[str, dict[str, Any]] | None = None
+    positions: dict[str, PositionTable] = field(default_factory=dict)
 
     @property
     def kinds(self) -> frozenset[str]:
@@ -103,13 +128,26 @@ def register_family(
     heads: dict[str, str],
     model_types: tuple[str, ...],
     shape: Callable[[Any], Shape],
+    tokenizer_styles: dict[str, str] | None = None,
+    styles: dict[str, Specials] | None = None,
+    tiny: tuple[str, dict[str, Any]] | None = None,
+    positions: dict[str, PositionTable] | None = None,
 ) -> Family:
-    """Register `anatomy.family` once (a second registration of a name is an error)."""
+    """Register `anatomy.family` once (a second registration of a name, a model type or a style is an error)."""
     if anatomy.family in FAMILIES:
         raise ValueError(f"backbone family {anatomy.family!r} registered twice")
     if "lm" not in heads:
         raise ValueError(f"backbone family {anatomy.family!r} needs an 'lm' head")
-    family = Family(anatomy.family, anatomy, base_prefix, {"base": "AutoModel", **heads}, model_types, shape)
+    taken = {t for f in FAMILIES.values() for t in f.model_types} & set(model_types)
+    if taken:
+        raise ValueError(f"model types {sorted(taken)} already belong to another family")
+    defined = {s for f in FAMILIES.values() for s in f.styles} & set(styles or {})
+    if defined:
+        raise ValueError(f"tokenizer styles {sorted(defined)} already defined by another family")
+    if tiny is not None and tiny[0] not in model_types:
+        raise ValueError(f"tiny model type {tiny[0]!r} is not one of {model_types}")
+    family = Family(anatomy.family, anatomy, base_prefix, {"base": "AutoModel", **heads}, model_types, shape,
+                    dict(tokenizer_styles or {}), dict(styles or {}), tiny, dict(positions or {}))
     FAMILIES[anatomy.family] = family
     return family
 
@@ -135,6 +173,32 @@ def family_of_model_type(model_type: str) -> Family:
             return family
     known = sorted(t for f in FAMILIES.values() for t in f.model_types)
     raise PeftrunError(f"model_type {model_type!r} belongs to no backbone family; known: {', '.join(known)}")
+
+
+def style_name_of(model_type: str) -> str:
+    """Name of the special-token convention of `config.model_type` (roberta -> "bart")."""
+    for family in FAMILIES.values():
+        if model_type in family.tokenizer_styles:
+            return family.tokenizer_styles[model_type]
+    known = sorted(t for f in FAMILIES.values() for t in f.tokenizer_styles)
+    raise PeftrunError(f"no tokenizer convention for model_type {model_type!r}; known: {', '.join(known)}")
+
+
+def style_named(name: str) -> Specials:
+    """The special-token convention `name`, wherever a family defined it."""
+    for family in FAMILIES.values():
+        if name in family.styles:
+            return family.styles[name]
+    known = sorted(s for f in FAMILIES.values() for s in f.styles)
+    raise PeftrunError(f"unknown tokenizer style {name!r}; known: {', '.join(known)}")
+
+
+def position_table_of(model_type: str) -> PositionTable | None:
+    """The absolute position table of `config.model_type`, or None (relative / rotary positions, or unknown)."""
+    for family in FAMILIES.values():
+        if model_type in family.positions:
+            return family.positions[model_type]
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- re-rooting
@@ -216,6 +280,7 @@ def anatomy_of(model: nn.Module, family: str) -> Anatomy:
                                                                                      old, prefix),
         lm_head=lm_head,
         heads=_head_paths(model, prefix, lm_head),
+        rotary=_rebase(spec.anatomy.rotary, old, prefix) if spec.anatomy.rotary else None,
     )
     check_anatomy(model, anatomy)
     return anatomy
@@ -229,7 +294,7 @@ def check_anatomy(model: nn.Module, anatomy: Anatomy) -> None:
         except KeyError as err:
             raise PeftrunError(f"{anatomy.family} anatomy does not fit {type(model).__name__}: {err}") from err
         for index, layer in enumerate(layers):
-            paths = [stack.ffn_in, stack.ffn_out]
+            paths = [p for p in (stack.ffn_in, stack.ffn_gate, stack.ffn_out) if p is not None]
             for attention in stack.attentions:
                 paths += [p for p in (attention.module, attention.o, attention.q, attention.k, attention.v,
                                       attention.qkv) if p is not None]
@@ -241,153 +306,5 @@ def check_anatomy(model: nn.Module, anatomy: Anatomy) -> None:
                         f"{anatomy.family} anatomy does not fit {type(model).__name__}: {stack.name} layer {index} "
                         f"has no {path!r} (a variant this family entry does not describe, e.g. gated T5 FFN)"
                     ) from err
-
-
-# ---------------------------------------------------------------------------------------------- the families
-
-
-def _gpt2_shape(c: Any) -> Shape:
-    ffn = c.n_inner if c.n_inner is not None else 4 * c.n_embd
-    return Shape(c.n_embd, c.vocab_size, {"decoder": StackShape(c.n_layer, c.n_head, c.n_embd // c.n_head, ffn)})
-
-
-def _bart_shape(c: Any) -> Shape:
-    return Shape(c.d_model, c.vocab_size, {
-        "encoder": StackShape(c.encoder_layers, c.encoder_attention_heads, c.d_model // c.encoder_attention_heads,
-                              c.encoder_ffn_dim),
-        "decoder": StackShape(c.decoder_layers, c.decoder_attention_heads, c.d_model // c.decoder_attention_heads,
-                              c.decoder_ffn_dim),
-    })
-
-
-def _t5_shape(c: Any) -> Shape:
-    return Shape(c.d_model, c.vocab_size, {
-        "encoder": StackShape(c.num_layers, c.num_heads, c.d_kv, c.d_ff),
-        "decoder": StackShape(c.num_decoder_layers, c.num_heads, c.d_kv, c.d_ff),
-    })
-
-
-def _bert_shape(c: Any) -> Shape:
-    stack = StackShape(c.num_hidden_layers, c.num_attention_heads, c.hidden_size // c.num_attention_heads,
-                       c.intermediate_size)
-    return Shape(c.hidden_size, c.vocab_size, {"encoder": stack})
-
-
-GPT2 = register_family(
-    Anatomy(
-        family="gpt2",
-        kind="decoder",
-        stacks=(
-            StackRoles(
-                name="decoder", layers="transformer.h", causal=True,
-                attentions=(AttentionRoles(kind="self", module="attn", qkv="attn.c_attn", o="attn.c_proj"),),
-                ffn_in="mlp.c_fc", ffn_out="mlp.c_proj",
-            ),
-        ),
-        input_embeddings="transformer.wte",
-        lm_head="lm_head",
-        conv1d_projections=True,
-        heads=("lm_head",),
-        notes="pre-LN; c_attn is a Conv1D whose output is [q; k; v] (3 x hidden); attn applies c_proj and "
-              "resid_dropout inside; lm_head is tied to wte",
-    ),
-    base_prefix="transformer",
-    heads={"lm": "AutoModelForCausalLM", "classification": "AutoModelForSequenceClassification",
-           "token": "AutoModelForTokenClassification"},
-    model_types=("gpt2",),
-    shape=_gpt2_shape,
-)
-
-def _attention(kind: str, module: str, q: str, k: str, v: str, o: str) -> AttentionRoles:
-    """An attention whose four projections are children of `module` (BART, T5)."""
-    return AttentionRoles(kind=kind, module=module, q=f"{module}.{q}", k=f"{module}.{k}", v=f"{module}.{v}",
-                          o=f"{module}.{o}")
-
-
-_BART_SELF = _attention("self", "self_attn", "q_proj", "k_proj", "v_proj", "out_proj")
-BART = register_family(
-    Anatomy(
-        family="bart",
-        kind="encoder-decoder",
-        stacks=(
-            StackRoles(name="encoder", layers="model.encoder.layers", causal=False, attentions=(_BART_SELF,),
-                       ffn_in="fc1", ffn_out="fc2"),
-            StackRoles(
-                name="decoder", layers="model.decoder.layers", causal=True,
-                attentions=(
-                    _BART_SELF,
-                    _attention("cross", "encoder_attn", "q_proj", "k_proj", "v_proj", "out_proj"),
-                ),
-                ffn_in="fc1", ffn_out="fc2",
-            ),
-        ),
-        input_embeddings="model.shared",
-        lm_head="lm_head",
-        heads=("lm_head",),
-        notes="post-LN; the layer applies dropout + residual + LayerNorm after each attention and after fc2; "
-              "encoder, decoder and lm_head share model.shared",
-    ),
-    base_prefix="model",
-    heads={"lm": "AutoModelForSeq2SeqLM", "classification": "AutoModelForSequenceClassification"},
-    model_types=("bart",),
-    shape=_bart_shape,
-)
-
-T5 = register_family(
-    Anatomy(
-        family="t5",
-        kind="encoder-decoder",
-        stacks=(
-            StackRoles(
-                name="encoder", layers="encoder.block", causal=False,
-                attentions=(_attention("self", "layer.0.SelfAttention", "q", "k", "v", "o"),),
-                ffn_in="layer.1.DenseReluDense.wi", ffn_out="layer.1.DenseReluDense.wo",
-            ),
-            StackRoles(
-                name="decoder", layers="decoder.block", causal=True,
-                attentions=(
-                    _attention("self", "layer.0.SelfAttention", "q", "k", "v", "o"),
-                    _attention("cross", "layer.1.EncDecAttention", "q", "k", "v", "o"),
-                ),
-                ffn_in="layer.2.DenseReluDense.wi", ffn_out="layer.2.DenseReluDense.wo",
-            ),
-        ),
-        input_embeddings="shared",
-        lm_head="lm_head",
-        heads=("lm_head",),
-        notes="pre-LN (RMS norm, no biases); inner attention width = heads x d_kv; relative position bias in "
-              "the first layer of each stack; gated FFNs (wi_0/wi_1, T5 v1.1) are not described",
-    ),
-    base_prefix="",
-    heads={"lm": "AutoModelForSeq2SeqLM", "classification": "AutoModelForSequenceClassification",
-           "token": "AutoModelForTokenClassification"},
-    model_types=("t5",),
-    shape=_t5_shape,
-)
-
-BERT = register_family(
-    Anatomy(
-        family="bert",
-        kind="encoder",
-        stacks=(
-            StackRoles(
-                name="encoder", layers="bert.encoder.layer", causal=False,
-                attentions=(AttentionRoles(kind="self", module="attention.self", q="attention.self.query",
-                                           k="attention.self.key", v="attention.self.value",
-                                           o="attention.output.dense"),),
-                ffn_in="intermediate.dense", ffn_out="output.dense",
-            ),
-        ),
-        input_embeddings="bert.embeddings.word_embeddings",
-        lm_head="cls.predictions.decoder",
-        heads=("cls",),
-        notes="post-LN; the attention module (attention.self) returns the context BEFORE the o projection "
-              "(attention.output.dense, followed by dropout + residual + LayerNorm); RoBERTa shares this entry "
-              "with base prefix roberta.",
-    ),
-    base_prefix="bert",
-    heads={"lm": "AutoModelForMaskedLM", "classification": "AutoModelForSequenceClassification",
-           "token": "AutoModelForTokenClassification"},
-    model_types=("bert", "roberta"),
-    shape=_bert_shape,
-)
+    if anatomy.rotary is not None and not _resolves(model, anatomy.rotary):
+        raise PeftrunError(f"{anatomy.family} anatomy does not fit {type(model).__name__}: no {anatomy.rotary!r}")
