@@ -25,7 +25,7 @@ did not; T5 is relative: its position bias gets zero columns for the prefix).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -35,19 +35,8 @@ from peftrun.backbones.anatomy import Anatomy, get_module
 from peftrun.errors import PeftrunError
 from peftrun.methods.attention_hook import COMPOSITIONS, Route, route, unroute
 from peftrun.methods.base import Delta, register_delta
-from peftrun.methods.sites import ATTENTION_KINDS, check_selection, resolve_layers
-
-
-@dataclass
-class PrefixSpec:
-    length: int = 10  # P, prefix length (Li & Liang: 10 for table-to-text, 200 for summarization)
-    mid_dim: int | None = 512  # reparameterisation MLP width (Li & Liang 512, He et al. 800); null = P-tuning v2
-    dropout: float = 0.0  # dropout on the prefix keys/values while training (P-tuning v2: 0.1)
-    composition: str = "concat"  # concat (Li & Liang) | gated | add (He et al.'s forms, see attention_hook)
-    shift_positions: bool = True  # real tokens' absolute positions start at P (see module docstring)
-    stacks: list[str] | None = None  # encoder / decoder; null = every stack
-    attention: list[str] = field(default_factory=lambda: list(ATTENTION_KINDS))  # self / cross
-    layers: list[int] | None = None  # layer indices per stack (negative = from the end); null = all
+from peftrun.methods.prefix_spec import PrefixSpec
+from peftrun.methods.sites import check_selection, resolve_layers
 
 
 @dataclass(frozen=True)

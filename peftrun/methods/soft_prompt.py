@@ -43,6 +43,7 @@ from torch import nn
 from peftrun.backbones.anatomy import Anatomy
 from peftrun.errors import PeftrunError
 from peftrun.methods.base import Delta, register_delta
+from peftrun.methods.soft_prompt_spec import PromptTuningSpec, PTuningSpec
 
 PROMPT_INITS = ("random", "vocab", "text")
 ENCODERS = ("lstm", "mlp", "none")
@@ -114,10 +115,6 @@ class SoftPrompt(Delta):
         self._maps: torch.Tensor | None = None  # (B, S) rows of the extended output each caller position reads
         self._backbone: dict[str, nn.Module] = {}  # the word embeddings (a plain dict: not a submodule of the delta)
         self._eos: set[int] = set()
-
-    def set_tokenizer(self, tokenizer: Any) -> None:
-        """The backbone's tokenizer, needed before `attach` for text init and anchors."""
-        self.tokenizer = tokenizer
 
     def virtual_embeddings(self) -> torch.Tensor:
         """(n_pseudo, d) embeddings of the pseudo tokens."""
@@ -353,14 +350,6 @@ def _extend_positions(positions: torch.Tensor, starts: torch.Tensor, mids: torch
 # --------------------------------------------------------------------------------------------- prompt tuning
 
 
-@dataclass
-class PromptTuningSpec:
-    length: int = 100  # n virtual tokens (Lester et al.: 100 for T5; 5-150 studied)
-    init: str = "vocab"  # random | vocab | text (see module docstring)
-    text: str | None = None  # init=text: e.g. the class labels "positive negative"
-    sample_from: int | None = 5000  # init=vocab: draw ids below this (Lester et al.: top 5,000); null = whole vocab
-
-
 @register_delta("prompt_tuning")
 class PromptTuning(SoftPrompt):
     spec_class = PromptTuningSpec
@@ -409,14 +398,6 @@ class PromptTuning(SoftPrompt):
 
 
 # --------------------------------------------------------------------------------------------- P-tuning
-
-
-@dataclass
-class PTuningSpec:
-    template: str = "[P][P][P] {x} [P][P][P] {y}"  # [P] pseudo token, {x} input, {y} target; other text = anchors
-    encoder: str = "lstm"  # lstm | mlp | none (prompt encoder, see module docstring)
-    mid_dim: int | None = None  # encoder width: LSTM hidden per direction (default d/2) or MLP hidden (default d)
-    dropout: float = 0.0  # dropout between the LSTM layers
 
 
 class PromptEncoder(nn.Module):
