@@ -35,6 +35,7 @@ from peftrun.backbones.anatomy import Anatomy, get_module
 from peftrun.errors import PeftrunError
 from peftrun.methods.attention_hook import COMPOSITIONS, Route, route, unroute
 from peftrun.methods.base import Delta, register_delta
+from peftrun.methods.peft_format import PROMPT_KEY, take
 from peftrun.methods.prefix_spec import PrefixSpec
 from peftrun.methods.sites import check_selection, resolve_layers
 
@@ -229,6 +230,64 @@ class Prefix(Delta):
                 params = [self.prefixes[group.name]]
             counts[f"{group.stack}.{group.kind}"] = sum(p.numel() for p in params)
         return counts
+
+
+    # --- peft layout ----------------------------------------------------------------------------------------
+    # peft's PREFIX_TUNING holds `prompt_embeddings` (P, L * 2 * d_in): row p, chunk 2l (2l + 1) = layer l's key
+    # (value) at prefix position p, i.e. the output of the reparameterisation when prefix_projection is on (peft
+    # saves only that, as peftrun). It feeds them as the past key/values of a decoder-only model, whose absolute
+    # positions then start at P (shift_positions=true). Expressible: a decoder-only model, every layer, concat,
+    # shifted positions. Not expressible: an encoder-decoder, where peft passes one prefix as the decoder's cache
+    # for both its self and its cross attention (self = layer 2l's pair, cross = layer 2l+1's, by peft's split)
+    # and gives the encoder none, which is not Li & Liang's prefix on every attention.
+
+    def to_peft(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        reason = _peft_reason(self.anatomy, self.spec.composition, self.spec.shift_positions)
+        (group,) = self.groups if len(self.groups) == 1 else (None,)
+        stack = self.anatomy.stacks[0]
+        if reason is None and (group is None or len(group.layers) != len(get_module(model, stack.layers))):
+            reason = "peft's prefix covers every layer; this prefix selects layers " + str(self.spec.layers)
+        if reason:
+            raise PeftrunError(f"prefix: {reason}; use save() instead")
+        prefix = self.saved_state_dict()[group.name]  # (L, 2, P, d_in)
+        L, _, P, inner = prefix.shape
+        config = {"num_virtual_tokens": P, "token_dim": inner, "num_layers": L, "num_attention_heads": group.heads,
+                  "num_transformer_submodules": 1, "prefix_projection": self.spec.mid_dim is not None,
+                  "encoder_hidden_size": self.spec.mid_dim or inner}
+        return config, {"prompt_embeddings": prefix.permute(2, 0, 1, 3).reshape(P, L * 2 * inner)}
+
+    @classmethod
+    def from_peft(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], model: nn.Module,
+                  anatomy: Anatomy) -> tuple[dict[str, Any], Callable[[Delta], dict[str, torch.Tensor]]]:
+        reason = _peft_reason(anatomy, "concat", True)
+        if reason is None and config.get("num_transformer_submodules", 1) != 1:
+            reason = f"num_transformer_submodules={config['num_transformer_submodules']} (an encoder-decoder prefix)"
+        if reason:
+            raise PeftrunError(f"peft prefix-tuning: {reason}")
+        P, L = int(config["num_virtual_tokens"]), int(config["num_layers"])
+        table = take(tensors, PROMPT_KEY)
+        item = {"kind": "prefix", "length": P, "mid_dim": None, "shift_positions": True}
+
+        def state(delta: Delta) -> dict[str, torch.Tensor]:
+            (group,) = delta.groups
+            if table.shape != (P, L * 2 * group.inner) or len(group.layers) != L:
+                raise PeftrunError(f"prompt_embeddings {tuple(table.shape)} do not fit this model's prefix "
+                                   f"({len(group.layers)} layers x 2 x {group.inner})")
+            return {group.name: table.view(P, L, 2, group.inner).permute(1, 2, 0, 3)}
+
+        return item, state
+
+
+def _peft_reason(anatomy: Anatomy, composition: str, shifted: bool) -> str | None:
+    """Why peft's prefix-tuning layout cannot express this prefix, or None."""
+    if anatomy.kind != "decoder":
+        return (f"peft's layout is expressed here for decoder-only models, not a {anatomy.kind} "
+                f"({anatomy.family}; see prefix.py's peft notes)")
+    if composition != "concat":
+        return f"composition={composition}: peft's prefix is concatenated (concat)"
+    if not shifted:
+        return "shift_positions=false: peft's real tokens' positions start at P"
+    return None
 
 
 class _LayerPrefix:
