@@ -237,9 +237,9 @@ class Prefix(Delta):
     # (value) at prefix position p, i.e. the output of the reparameterisation when prefix_projection is on (peft
     # saves only that, as peftrun). It feeds them as the past key/values of a decoder-only model, whose absolute
     # positions then start at P (shift_positions=true). Expressible: a decoder-only model, every layer, concat,
-    # shifted positions. Not expressible: an encoder-decoder, where peft passes one prefix as the decoder's cache
-    # for both its self and its cross attention (self = layer 2l's pair, cross = layer 2l+1's, by peft's split)
-    # and gives the encoder none, which is not Li & Liang's prefix on every attention.
+    # shifted positions. Not mapped: an encoder-decoder, where peft (0.21) passes one table, duplicated, as the
+    # decoder's cache for its self and cross attention (by peft's split, self = layer 2l's pair, cross = layer
+    # 2l+1's) and the encoder gets no prefix; peftrun's per-(stack, attention kind) prefixes have no such ties.
 
     def to_peft(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         reason = _peft_reason(self.anatomy, self.spec.composition, self.spec.shift_positions)
