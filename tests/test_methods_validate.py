@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from methods_tiny import batch, logits, tiny
+from methods_tiny import FAMILIES, batch, logits, tiny
 from omegaconf import OmegaConf
 
-from peftrun.backbones.families import anatomy_for
+from peftrun.backbones.families import anatomy_for, get_family
 from peftrun.config import MethodConfig, RunConfig
 from peftrun.errors import PeftrunError
 from peftrun.methods import apply_method, validate_method
@@ -94,7 +94,7 @@ REFUSED = {("head_only", "gpt2"), ("head_only", "bart"), ("head_only", "t5"), ("
 
 
 @pytest.mark.parametrize("name", METHOD_YAMLS)
-@pytest.mark.parametrize("family", ["gpt2", "bart", "t5", "bert"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_every_method_yaml_validates_and_applies_to_every_tiny_family(name, family):
     cfg = compose_method(name, "method.bottleneck=8") if "adapter" in name else compose_method(name)
     validate_method(cfg, anatomy_for(family))
@@ -108,6 +108,10 @@ def test_every_method_yaml_validates_and_applies_to_every_tiny_family(name, fami
     report = applied.param_report()
     assert report["trainable"] > 0
     assert torch.isfinite(logits(bb.model, inputs)).all()
+    shape = get_family(family).shape(bb.model.config)
+    for delta in applied.deltas.values():  # each delta's declared closed form is its exact count
+        closed_form = delta.spec.parameter_count(bb.anatomy, shape)
+        assert closed_form is None or closed_form == sum(p.numel() for p in delta.parameters())
 
 
 def test_hydra_composes_a_method_sweep_point():

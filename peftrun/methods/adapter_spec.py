@@ -4,8 +4,9 @@ the defaults: no virtual positions, no input rewriting, not mergeable (a non-lin
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from peftrun.methods.spec import ATTENTION_KINDS, DeltaSpec, register_spec
+from peftrun.methods.spec import ATTENTION_KINDS, DeltaSpec, register_spec, selected_layers
 
 
 @register_spec("adapter")
@@ -25,3 +26,18 @@ class AdapterSpec(DeltaSpec):
     layers: list[int] | None = None  # layer indices per stack (negative = from the end); null = all
     stacks: list[str] | None = None  # encoder / decoder; null = all
     attention: list[str] = field(default_factory=lambda: list(ATTENTION_KINDS))  # attention kinds for "attn"
+
+    def parameter_count(self, anatomy: Any, shape: Any) -> int:
+        """Per sublayer (width d = hidden): down d m + m, up m d + d, LayerNorm 2 d, gate d + 1."""
+        d = shape.hidden
+        m = self.bottleneck if self.bottleneck is not None else max(1, int(d // self.reduction_factor))
+        each = 2 * d * m + m + d + (2 * d if self.layer_norm else 0) + (d + 1 if self.composition == "gated" else 0)
+        total = 0
+        for stack in anatomy.stacks:
+            if self.stacks is not None and stack.name not in self.stacks:
+                continue
+            sizes = shape.stacks[stack.name]
+            per_layer = ("ffn" in self.targets) + ("attn" in self.targets) * sum(
+                a.kind in self.attention for a in stack.attentions)
+            total += each * per_layer * len(selected_layers(sizes.layers, self.layers))
+        return total

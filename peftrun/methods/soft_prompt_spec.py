@@ -5,6 +5,7 @@ tuning for init=text, P-tuning for anchor text)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from peftrun.methods.spec import DeltaSpec, register_spec
 
@@ -26,6 +27,9 @@ class PromptTuningSpec(DeltaSpec):
     def virtual_positions(self, backbone_kind: str) -> int:
         return self.length
 
+    def parameter_count(self, anatomy: Any, shape: Any) -> int:
+        return self.length * shape.hidden
+
 
 @register_spec("ptuning")
 @dataclass
@@ -42,3 +46,16 @@ class PTuningSpec(DeltaSpec):
     def virtual_positions(self, backbone_kind: str) -> int:
         """The [P] pseudo tokens; anchor text is not counted (its length needs the tokenizer)."""
         return self.template.count(PSEUDO_TOKEN)
+
+    def parameter_count(self, anatomy: Any, shape: Any) -> int:
+        """n d for the table, plus the encoder: mlp (hidden h) d h + h + h h + h + h d + d; lstm (h per direction)
+        two bidirectional layers 2 (4h (d + h) + 8h) + 2 (4h (2h + h) + 8h), then 2h 2h + 2h + 2h d + d."""
+        n, d = self.template.count(PSEUDO_TOKEN), shape.hidden
+        if self.encoder == "mlp":
+            h = self.mid_dim or d
+            return n * d + d * h + h + h * h + h + h * d + d
+        if self.encoder == "lstm":
+            h = self.mid_dim or d // 2
+            lstm = 2 * (4 * h * (d + h) + 8 * h) + 2 * (4 * h * (2 * h + h) + 8 * h)
+            return n * d + lstm + 2 * h * 2 * h + 2 * h + 2 * h * d + d
+        return n * d

@@ -11,6 +11,8 @@ never a kind name:
     needs_tokenizer                   gets the backbone's tokenizer before it is built (text init, anchors)
     mergeable                         can be folded into the backbone weights (evaluation at the base cost)
     peft_type                         peft's name for the same method (the PEFT layout export), or None
+    parameter_count(anatomy, shape)   the closed form of its trainable parameters on a model of these sizes
+                                      (`Family.shape(config)`), or None when it has none
 """
 
 from __future__ import annotations
@@ -37,6 +39,18 @@ class DeltaSpec:
     def virtual_positions(self, backbone_kind: str) -> int:
         """Positions added to the input on a `backbone_kind` ("decoder" | "encoder" | "encoder-decoder")."""
         return 0
+
+    def parameter_count(self, anatomy: Any, shape: Any) -> int | None:
+        """Trainable parameters this delta adds to a model with roles `anatomy` and sizes `shape` (closed form,
+        checked against the built delta by tests/test_contract.py); None = no closed form declared."""
+        return None
+
+
+def selected_layers(count: int, layers: list[int] | None) -> list[int]:
+    """Indices of a stack's `count` layers a spec's `layers` selects (None = all; negatives from the end)."""
+    if layers is None:
+        return list(range(count))
+    return sorted({index % count for index in layers if -count <= index < count})
 
 
 SPECS: dict[str, type[DeltaSpec]] = {}
