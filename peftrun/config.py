@@ -76,6 +76,9 @@ class GenerationConfig:
     decoder: str = "auto"
 
 
+OPTION = {"task_option": True}  # a TaskConfig key read by some tasks only (Task.options); others refuse it
+
+
 @dataclass
 class MixtureConfig:
     """task=mixture (peftrun/tasks/mixture.py): several tasks trained together, evaluated per task."""
@@ -95,21 +98,24 @@ class MixtureConfig:
 
 @dataclass
 class TaskConfig:
+    """Keys every task reads, plus task options (metadata OPTION) read by the tasks that declare them in
+    `Task.options`: a task YAML writes the common keys and its own options; build_task refuses a foreign one set."""
+
     name: str = "synthetic"
-    family: str = "table_to_text"
     data_dir: str | None = None  # official local files; null = the hub (or built-in data)
-    hub_id: str | None = None
+    hub_id: str | None = field(default=None, metadata=OPTION)  # "ID" or "ID:CONFIG" when data_dir is null
     train_split: str = "train"
     eval_splits: list[str] = field(default_factory=lambda: ["validation"])
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
     max_source_length: int = 256
     max_target_length: int = 128
-    bleu_lowercase: bool = False  # E2E's official BLEU is case-insensitive
+    bleu_lowercase: bool = field(default=False, metadata=OPTION)  # table-to-text: E2E's official BLEU is case-insensitive
     metrics: list[str] | None = None  # metric names to compute (e.g. [bleu, chrf, ter]); null = all of the task's
     formulation: str = "auto"  # auto | text | head: text-to-text, or the task's head (auto: head for encoders)
-    verbalizers: list[str] | None = None  # text-to-text target per class (index = label id); null = label names
-    with_keys: bool = False  # Spider: also serialise primary and foreign keys in the source
+    # SuperGLUE: text-to-text target per class (index = label id); null = label names
+    verbalizers: list[str] | None = field(default=None, metadata=OPTION)
+    with_keys: bool = field(default=False, metadata=OPTION)  # Spider: also serialise primary and foreign keys
     mixture: MixtureConfig = field(default_factory=MixtureConfig)  # task=mixture only
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 

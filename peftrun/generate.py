@@ -124,12 +124,10 @@ def _continuous_kwargs(kind: str, lean: dict[str, Any] | None, count: int, batch
 
 
 def _has_input_side_delta(model: Any) -> bool:
-    """True if a soft prompt (prompt tuning, P-tuning) is attached: it rewrites the forward's inputs."""
-    from peftrun.methods.applied import DELTAS_ATTR
-    from peftrun.methods.soft_prompt import SoftPrompt
+    """True if an attached delta rewrites the forward's inputs (its spec says so: soft prompts)."""
+    from peftrun.methods import rewrites_inputs
 
-    deltas = getattr(model, DELTAS_ATTR, None)
-    return deltas is not None and any(isinstance(delta, SoftPrompt) for delta in deltas.values())
+    return rewrites_inputs(model)
 
 
 def _strip_padding(row: list[int], pad_id: int, eos_id: int) -> list[int]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -82,27 +81,11 @@ def position_limit(config: dict[str, Any]) -> tuple[int | None, str]:
 
 
 def virtual_positions(method: dict[str, Any], kind: str) -> int:
-    """Positions the method's deltas add before or inside the input (`method` = the resolved method config).
+    """Positions the method's deltas add before or inside the input (`method` = the resolved method config),
+    as each delta's spec declares them (peftrun.methods.spec; torch-free)."""
+    from peftrun.methods.spec import method_virtual_positions
 
-    prompt_tuning: its `length` tokens; ptuning: its [P] pseudo tokens (anchor text in the template is not
-    counted: it needs the tokenizer); prefix with shift_positions on a decoder or encoder: its `length`.
-    """
-    total = 0
-    for item in method.get("deltas") or []:
-        if not isinstance(item, dict):
-            continue
-        delta = item.get("kind")
-        if delta == "prompt_tuning":
-            total += _int(item.get("length"))
-        elif delta == "ptuning":
-            total += len(re.findall(r"\[P\]", str(item.get("template") or "")))
-        elif delta == "prefix" and item.get("shift_positions", True) and kind != "encoder-decoder":
-            total += _int(item.get("length"))
-    return total
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    return method_virtual_positions(method, kind)
 
 
 def check_lengths(task_cfg: Any, kind: str, formulation: str, limit: int, limit_key: str, name: str,

@@ -12,7 +12,7 @@ import torch
 from methods_tiny import FAMILIES, batch, logits, method, randomize_lora, tiny
 
 from peftrun.errors import PeftrunError
-from peftrun.methods import apply_method, load_method, load_peft
+from peftrun.methods import apply_method, load_method, load_peft, save_peft
 
 peft = pytest.importorskip("peft")
 
@@ -57,7 +57,7 @@ def test_peftrun_lora_loads_in_peft(family, tmp_path):
     applied = apply_method(bb.model, bb.anatomy, method({"kind": "lora", "rank": 4, "alpha": 16.0,
                                                           "targets": PEFT_ROLES[family], "layers": [-1]}))
     randomize_lora(applied)
-    applied.save_peft(tmp_path)
+    save_peft(applied, tmp_path)
     loaded = peft.PeftModel.from_pretrained(tiny(family).model, tmp_path).eval()
     lora_tensors = [n for n in dict(loaded.named_parameters()) if ".lora_" in n]
     assert len(lora_tensors) == 2 * len(applied.deltas["lora"].sites)
@@ -85,7 +85,7 @@ def test_peft_layout_round_trip_through_peftrun(tmp_path):
     applied = apply_method(bb.model, bb.anatomy, method({"kind": "lora", "targets": ["q", "v"],
                                                           "attention": ["cross"], "stacks": ["decoder"]}))
     randomize_lora(applied)
-    applied.save_peft(tmp_path)
+    save_peft(applied, tmp_path)
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and config["task_type"] == "SEQ_2_SEQ_LM"
     assert config["target_modules"] == [f"model.decoder.layers.{i}.encoder_attn.{p}_proj" for i in (0, 1)
@@ -102,14 +102,14 @@ def test_gpt2_slices_of_the_fused_qkv_are_refused_by_the_peft_layout(tmp_path):
     bb = tiny("gpt2")
     applied = apply_method(bb.model, bb.anatomy, method({"kind": "lora", "targets": ["q", "v"]}))
     with pytest.raises(PeftrunError, match=r"peft cannot express LoRA on the \['q', 'v'\] slices.*targets=\[qkv\]"):
-        applied.save_peft(tmp_path)
+        save_peft(applied, tmp_path)
 
 
 def test_peft_layout_refuses_other_deltas_and_peft_features(tmp_path):
     bb = tiny("bert")
     applied = apply_method(bb.model, bb.anatomy, method({"kind": "lora"}, train="bias"))
     with pytest.raises(PeftrunError, match="train=bias"):
-        applied.save_peft(tmp_path)
+        save_peft(applied, tmp_path)
     reference = _peft_model("bert", ["query"])
     reference.peft_config["default"].use_rslora = True
     reference.save_pretrained(tmp_path / "rs")

@@ -9,15 +9,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from peftrun.backbones.families import anatomy_for
 from peftrun.backbones.load import load_backbone
-from peftrun.config import BackboneConfig, MethodConfig, PathsConfig
-from peftrun.methods import apply_method, load_method, validate_method
+from peftrun.config import BackboneConfig, PathsConfig
+from peftrun.methods import apply_method, load_method
 from peftrun.methods.prefix import Prefix, PrefixSpec
 from peftrun.train import target_only_loss
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-MINE = ("prefix", "ptuning_v2", "prompt_tuning", "ptuning", "mam")
 
 
 def tiny(family: str):
@@ -51,18 +49,12 @@ def batch(backbone):
     return out
 
 
-def test_mam_yaml_has_he_et_al_settings_and_every_yaml_validates_on_every_family():
+def test_mam_yaml_has_he_et_al_settings():
     deltas = OmegaConf.to_container(compose("mam").deltas, resolve=True)
     prefix, adapter = deltas
     assert (prefix["kind"], prefix["length"], prefix["mid_dim"], prefix["composition"]) == ("prefix", 30, 800, "concat")
     assert (adapter["kind"], adapter["targets"], adapter["insertion"], adapter["bottleneck"], adapter["composition"],
             adapter["scale"], adapter["init"]) == ("adapter", ["ffn"], "parallel", 512, "scaled", 4.0, "lora")
-    for name in MINE:
-        text = (CONF / "method" / f"{name}.yaml").read_text()
-        assert text.startswith("#") and f"method={name}" in text
-        OmegaConf.merge(OmegaConf.structured(MethodConfig), OmegaConf.load(CONF / "method" / f"{name}.yaml"))
-        for family in ("gpt2", "bart", "t5", "bert"):
-            validate_method(compose(name), anatomy_for(family))
 
 
 def test_knobs_and_the_gated_form_are_one_override_away():

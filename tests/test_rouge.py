@@ -19,7 +19,7 @@ from tests.conftest import require_data
 
 def task(cls, **overrides):
     name = "xsum" if cls is XSum else "cnn_dm"
-    return cls(OmegaConf.structured(TaskConfig(name=name, family="summarization", **overrides)), None)
+    return cls(OmegaConf.structured(TaskConfig(name=name, **overrides)), None)
 
 
 def test_rouge_score_readme_example_by_hand() -> None:

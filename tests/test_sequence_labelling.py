@@ -15,7 +15,7 @@ from peftrun.tasks.sequence_labelling import Conll2003, parse_entities, read_con
 
 
 def conll(**overrides) -> Conll2003:
-    return Conll2003(OmegaConf.structured(TaskConfig(name="conll2003", family="sequence_labelling", **overrides)), None)
+    return Conll2003(OmegaConf.structured(TaskConfig(name="conll2003", **overrides)), None)
 
 
 def test_chunks_follow_conlleval_for_iob1_and_iob2() -> None:

@@ -284,7 +284,7 @@ def test_execution_accuracy_where_the_database_exists(concert_db: Path) -> None:
 
 # -- the task --------------------------------------------------------------------------------------------------
 def spider_task(**overrides) -> SpiderTask:
-    return SpiderTask(OmegaConf.structured(TaskConfig(name="spider", family="text_to_sql", **overrides)), None)
+    return SpiderTask(OmegaConf.structured(TaskConfig(name="spider", **overrides)), None)
 
 
 def test_builtin_task_serialises_the_schema() -> None:

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from peftrun.config import TaskConfig
 from peftrun.errors import PeftrunError
 from peftrun.metrics.generation import generation_scores
-from peftrun.tasks import TASKS, build_task
+from peftrun.tasks import build_task
 from peftrun.tasks.synthetic import build_splits
 from tests.conftest import ROOT, require_data
 
@@ -225,26 +225,6 @@ def test_synthetic_score_perfect_and_wrong() -> None:
     assert t.score(["nothing" for _ in grouped], grouped)["bleu"] < 1
     with pytest.raises(PeftrunError, match="data_dir=null"):
         task("synthetic", "/tmp").load("test", grouped=True)
-
-
-# ---------------------------------------------------------------- configs
-
-
-TABLE_TO_TEXT_KEYS = {"name", "family", "data_dir", "hub_id", "train_split", "eval_splits", "max_train_examples",
-                      "max_eval_examples", "max_source_length", "max_target_length", "bleu_lowercase", "metrics",
-                      "generation"}
-
-
-@pytest.mark.parametrize("name", ["synthetic", "e2e", "dart", "webnlg"])
-def test_task_yaml_is_a_task_config(name: str) -> None:
-    raw = OmegaConf.load(ROOT / "conf" / "task" / f"{name}.yaml")
-    schema = OmegaConf.structured(TaskConfig)
-    assert set(raw.keys()) == TABLE_TO_TEXT_KEYS  # every knob this family reads is written out and commented
-    assert set(raw.keys()) <= set(schema.keys())
-    assert set(raw.generation.keys()) == set(schema.generation.keys())
-    merged = OmegaConf.merge(schema, raw)  # types checked by the schema
-    assert merged.name == name and merged.family == "table_to_text"
-    assert type(build_task(merged)) is TASKS[name]
 
 
 def test_metrics_knob_selects_and_validates() -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,32 +28,15 @@ from torch import nn
 
 from peftrun.backbones.anatomy import Anatomy, get_module
 from peftrun.errors import PeftrunError
+from peftrun.methods.adapter_spec import AdapterSpec
 from peftrun.methods.base import Delta, register_delta
-from peftrun.methods.sites import ATTENTION_KINDS, Sublayer, check_selection, projection_shape, select_sublayers
+from peftrun.methods.sites import Sublayer, check_selection, projection_shape, select_sublayers
 
 SUBLAYERS = ("attn", "ffn")
 INSERTIONS = ("sequential", "parallel")
 COMPOSITIONS = ("add", "scaled", "gated")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 INITS = ("houlsby", "lora")
-
-
-@dataclass
-class AdapterSpec:
-    targets: list[str] = field(default_factory=lambda: ["attn", "ffn"])  # sublayers: attn | ffn
-    insertion: str = "sequential"  # sequential (reads the sublayer output) | parallel (reads the sublayer input)
-    bottleneck: int | None = 64  # m, the bottleneck width; when set it wins over reduction_factor
-    reduction_factor: float | None = None  # m = hidden // reduction_factor when bottleneck is null
-    composition: str = "add"  # add | scaled | gated
-    scale: float = 1.0  # s of composition=scaled
-    activation: str = "relu"  # relu | gelu | tanh | silu
-    layer_norm: bool = False  # LayerNorm on the adapter input
-    init: str = "houlsby"  # houlsby (small truncated normal) | lora (zero up-projection: identity at init)
-    init_std: float = 1e-3  # std of init=houlsby
-    dropout: float = 0.0  # dropout after the activation
-    layers: list[int] | None = None  # layer indices per stack (negative = from the end); null = all
-    stacks: list[str] | None = None  # encoder / decoder; null = all
-    attention: list[str] = field(default_factory=lambda: list(ATTENTION_KINDS))  # attention kinds for "attn"
 
 
 class BottleneckAdapter(nn.Module):

@@ -15,7 +15,6 @@ from that directory (or from a peft LoRA directory, recognised by its "peft_type
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -25,15 +24,13 @@ from torch import nn
 
 from peftrun.backbones.anatomy import Anatomy
 from peftrun.errors import PeftrunError
-from peftrun.io import atomic_write, atomic_write_json
 from peftrun.methods.accounting import param_report
 from peftrun.methods.base import Delta
+from peftrun.methods.files import CONFIG_NAME, WEIGHTS_NAME, write_json_atomic, write_safetensors_atomic
 from peftrun.methods.trainable import head_parameter_names, set_trainable, trainable_backbone_names
 from peftrun.methods.validate import DeltaItem, method_to_dict, validate_method
 
 DELTAS_ATTR = "peftrun_deltas"
-WEIGHTS_NAME = "adapter_model.safetensors"
-CONFIG_NAME = "adapter_config.json"
 FORMAT = "peftrun"
 
 
@@ -41,17 +38,6 @@ def peftrun_version() -> str:
     from peftrun import __version__
 
     return __version__
-
-
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write_json(path, payload)
-
-
-def write_safetensors_atomic(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
-    plain = {k: v.detach().contiguous() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(plain, tmp, metadata={"format": "pt"}))
 
 
 class AppliedMethod:
@@ -117,12 +103,6 @@ class AppliedMethod:
         for name, delta in self.deltas.items():
             prefix = f"deltas.{name}."
             delta.load_saved_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-
-    def save_peft(self, directory: str | os.PathLike) -> Path:
-        """Write a LoRA method in peft's layout (PeftModel.from_pretrained can read it); see peft_format."""
-        from peftrun.methods.peft_format import save_peft
-
-        return save_peft(self, directory)
 
     # --- merge / export -------------------------------------------------------------------------------------
 
@@ -195,8 +175,8 @@ def apply_method(
 ) -> AppliedMethod:
     """Validate, set backbone trainability by `method_cfg.train`, build + attach the deltas (trainable).
 
-    tokenizer: the backbone's, given to deltas that tokenize text (`set_tokenizer`: prompt tuning's init=text,
-        P-tuning's anchors) before they are built.
+    tokenizer: the backbone's, given (`set_tokenizer`) before they are built to deltas whose spec says
+        `needs_tokenizer` (prompt tuning's init=text, P-tuning's anchors).
     train_head: also train the parameters outside the base model whatever the rule (a new task head, e.g. a
         classifier on a pretrained encoder); they are saved with the method.
     """
@@ -214,44 +194,13 @@ def apply_method(
     deltas = [item.cls(item.spec, anatomy) for item in items]
     if tokenizer is not None:
         for delta in deltas:
-            if hasattr(delta, "set_tokenizer"):
+            if delta.spec_class.needs_tokenizer:
                 delta.set_tokenizer(tokenizer)
     attach_deltas(model, items, deltas)
     return AppliedMethod(model, anatomy, method, names)
 
 
-def read_config(directory: str | os.PathLike) -> dict[str, Any]:
-    path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise PeftrunError(f"no {CONFIG_NAME} in {directory}; point to a directory written by a peftrun run (adapter/)")
-    with open(path) as handle:
-        return json.load(handle)
-
-
-def load_method(
-    model: nn.Module, anatomy: Anatomy, directory: str | os.PathLike, tokenizer: Any = None
-) -> AppliedMethod:
-    """Re-apply the saved method to a fresh base `model` and load its tensors (peftrun or peft LoRA layout).
-
-    A head saved with the method (apply_method's train_head) is recognised from the saved tensor names;
-    `tokenizer` as in apply_method (needed by soft prompts with text)."""
-    from safetensors.torch import load_file
-
-    config = read_config(directory)
-    if "peft_type" in config:
-        from peftrun.methods.peft_format import load_peft
-
-        return load_peft(model, anatomy, directory)
-    if config.get("format") != FORMAT:
-        raise PeftrunError(f"{Path(directory) / CONFIG_NAME} is neither a peftrun nor a peft adapter config")
-    if config["family"] != anatomy.family:
-        raise PeftrunError(
-            f"{directory} holds a method for a {config['family']} backbone, not {anatomy.family}; "
-            f"load it onto a {config['family']} backbone"
-        )
-    head = head_parameter_names(model, anatomy)
-    train_head = bool(head) and head <= set(config.get("backbone_tensors", []))
-    applied = apply_method(model, anatomy, config["method"], tokenizer=tokenizer, train_head=train_head)
-    tensors = load_file(str(Path(directory) / WEIGHTS_NAME), device=str(next(model.parameters()).device))
-    applied.load_state(tensors)
-    return applied
+def rewrites_inputs(model: nn.Module) -> bool:
+    """True if an attached delta rewrites the forward's inputs (its spec's `rewrites_inputs`: soft prompts)."""
+    deltas = getattr(model, DELTAS_ATTR, None)
+    return deltas is not None and any(delta.spec_class.rewrites_inputs for delta in deltas.values())

@@ -16,9 +16,9 @@ are [in, out], so their update is (B A)^T.
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,27 +27,18 @@ from torch import nn
 from peftrun.backbones.anatomy import Anatomy, get_module
 from peftrun.errors import PeftrunError
 from peftrun.methods.base import Delta, register_delta
+from peftrun.methods.lora_spec import LoRASpec
+from peftrun.methods.peft_format import PEFT_PREFIX, take
 from peftrun.methods.sites import (
-    ATTENTION_KINDS,
     FFN_PROJECTION_ROLES,
     PROJECTION_ROLES,
+    QKV_PARTS,
     Site,
     check_roles,
     check_selection,
     projection_shape,
     select_sites,
 )
-
-
-@dataclass
-class LoRASpec:
-    rank: int = 4  # r; the LoRA paper's GPT-2 E2E setting
-    alpha: float = 32.0  # scaling = alpha / rank
-    dropout: float = 0.0  # dropout on the LoRA branch input x (not on the frozen path)
-    targets: list[str] = field(default_factory=lambda: ["q", "v"])  # roles: q k v o ffn_in ffn_gate ffn_out | qkv
-    layers: list[int] | None = None  # layer indices per stack (negative = from the end); null = all
-    stacks: list[str] | None = None  # encoder / decoder; null = all stacks
-    attention: list[str] = field(default_factory=lambda: list(ATTENTION_KINDS))  # self / cross
 
 
 class LoRAModule(nn.Module):
@@ -68,7 +59,6 @@ class LoRAModule(nn.Module):
 @register_delta("lora")
 class LoRA(Delta):
     spec_class = LoRASpec
-    mergeable = True
 
     def __init__(self, spec: LoRASpec, anatomy: Anatomy) -> None:
         super().__init__(spec, anatomy)
@@ -187,3 +177,155 @@ class LoRA(Delta):
         for site in self.sites:
             counts[site.role] += sum(p.numel() for p in self.pairs[site.key].parameters())
         return dict(counts)
+
+    # --- peft layout ----------------------------------------------------------------------------------------
+
+    def to_peft(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        sliced = sorted({s.role for s in self.sites if s.part is not None})
+        if sliced:
+            raise PeftrunError(
+                f"peft cannot express LoRA on the {sliced} slices of {self.anatomy.family}'s fused qkv projection "
+                "(peft adapts the whole c_attn); train with targets=[qkv] for a peft-compatible LoRA, or use save()"
+            )
+        tensors = {}
+        for site in self.sites:
+            pair = self.pairs[site.key]
+            tensors[f"{PEFT_PREFIX}{site.path}.lora_A.weight"] = pair.lora_A.weight
+            tensors[f"{PEFT_PREFIX}{site.path}.lora_B.weight"] = pair.lora_B.weight
+        spec = self.spec
+        config = {
+            "r": spec.rank,
+            "lora_alpha": spec.alpha,
+            "lora_dropout": spec.dropout,
+            "target_modules": sorted({site.path for site in self.sites}),
+            "fan_in_fan_out": self.anatomy.conv1d_projections,
+            "bias": "none",
+            "use_rslora": False,
+            "use_dora": False,
+            "modules_to_save": None,
+            "init_lora_weights": True,
+            "layers_to_transform": None,
+            "layers_pattern": None,
+            "rank_pattern": {},
+            "alpha_pattern": {},
+        }
+        return config, tensors
+
+    @classmethod
+    def from_peft(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], model: nn.Module,
+                  anatomy: Anatomy) -> tuple[dict[str, Any], Callable[[Delta], dict[str, torch.Tensor]]]:
+        for key, off in _UNSUPPORTED.items():
+            if key in config and config[key] not in off:
+                raise PeftrunError(
+                    f"peft option {key}={config[key]!r} has no peftrun LoRA equivalent "
+                    f"(supported: {off[0]!r}); re-train without it or load it with peft"
+                )
+        fused = any(a.qkv is not None for s in anatomy.stacks for a in s.attentions)
+        roles = [r for r in PROJECTION_ROLES if not (fused and r in QKV_PARTS) and not (not fused and r == "qkv")]
+        candidates = {s.path: s for s in select_sites(model, anatomy, roles)}
+        matched = _matched_modules(model, config)
+        strays = [name for name in matched if name not in candidates]
+        if strays:
+            raise PeftrunError(
+                f"peft LoRA targets {strays[:3]}, which are no role of the {anatomy.family} anatomy "
+                f"(roles: {', '.join(roles)}); peftrun cannot attach LoRA there"
+            )
+        if not matched:
+            raise PeftrunError(f"target_modules={config.get('target_modules')!r} matches no module")
+        sites = [candidates[name] for name in matched]
+        selection = _spec_from_sites(sites, anatomy, model)
+        expected = {s.path for s in select_sites(model, anatomy, selection["targets"], selection["stacks"],
+                                                 selection["attention"], selection["layers"])}
+        if expected != set(matched):
+            raise PeftrunError(
+                f"the peft targets {sorted(set(matched) - expected or expected - set(matched))[:3]} are not a "
+                "(roles x layers x stacks x attention kinds) selection peftrun's LoRA spec can express"
+            )
+        item = {"kind": "lora", "rank": int(config["r"]), "alpha": float(config["lora_alpha"]),
+                "dropout": float(config.get("lora_dropout") or 0.0), **selection}
+
+        def state(lora: Delta) -> dict[str, torch.Tensor]:
+            out = {}
+            for site in lora.sites:
+                for name in ("lora_A", "lora_B"):
+                    out[f"pairs.{site.key}.{name}.weight"] = take(tensors, f"{PEFT_PREFIX}{site.path}.{name}.weight")
+            return out
+
+        return item, state
+
+
+# ------------------------------------------------------------------------------------------------- peft layout
+# adapter_config.json: peft's LoraConfig fields (r, lora_alpha, target_modules ...); adapter_model.safetensors:
+# "base_model.model.<module path>.lora_A.weight" [r, in] and ".lora_B.weight" [out, r]. Export writes the exact
+# module paths as `target_modules` (peft matches a key equal to a target). Import finds the modules peft's matching
+# rule selects, maps each to its role through the anatomy and re-expresses the set as a LoRA spec (targets,
+# layers, stacks, attention kinds). What one side cannot express is an error: per-slice LoRA on GPT-2's fused
+# c_attn (peft adapts the whole c_attn), a peft LoRA on a module that is no role, per-module ranks, DoRA, rsLoRA,
+# trained biases.
+
+_UNSUPPORTED = {  # peft config key -> value meaning "feature off"
+    "use_dora": (False, None),
+    "use_rslora": (False, None),
+    "bias": ("none", None),
+    "modules_to_save": (None, []),
+    "rank_pattern": ({}, None),
+    "alpha_pattern": ({}, None),
+    "layer_replication": (None, []),
+    "lora_bias": (False, None),
+    "target_parameters": (None, []),
+    "trainable_token_indices": (None, [], {}),
+    "exclude_modules": (None, [], ""),
+}
+
+
+def _peft_matches(config: dict[str, Any], key: str) -> bool:
+    """peft's rule (tuners_utils.check_target_module_exists) for whether module `key` is a LoRA target."""
+    targets = config.get("target_modules")
+    if isinstance(targets, str):
+        return re.fullmatch(targets, key) is not None
+    if key in targets:
+        return True
+    if not any(key.endswith(f".{t}") for t in targets):
+        return False
+    indexes = config.get("layers_to_transform")
+    if indexes is None or indexes == []:
+        return True
+    patterns = config.get("layers_pattern")
+    if not patterns:
+        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", key)
+    else:
+        match = None
+        for pattern in [patterns] if isinstance(patterns, str) else patterns:
+            match = re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", key)
+            if match is not None:
+                break
+    if match is None:
+        return False
+    index = int(match.group("idx"))
+    return index == indexes if isinstance(indexes, int) else index in indexes
+
+
+def _matched_modules(model: nn.Module, config: dict[str, Any]) -> list[str]:
+    from transformers.pytorch_utils import Conv1D
+
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if config.get("target_modules") == "all-linear":
+        return [
+            name for name, m in model.named_modules()
+            if isinstance(m, nn.Linear | Conv1D) and m is not output
+        ]
+    return [name for name, _ in model.named_modules() if name and _peft_matches(config, name)]
+
+
+def _spec_from_sites(sites: list[Site], anatomy: Anatomy, model: nn.Module) -> dict[str, Any]:
+    """The peftrun LoRA selection (targets, layers, stacks, attention) that covers `sites`."""
+    stacks = sorted({s.stack for s in sites}, key=[st.name for st in anatomy.stacks].index)
+    layers = sorted({s.layer for s in sites})
+    all_layers = all(layers == list(range(len(anatomy.layers(model, name)))) for name in stacks)
+    attention = sorted({s.attention for s in sites if s.attention is not None}) or ["self", "cross"]
+    return {
+        "targets": sorted({s.role for s in sites}, key=PROJECTION_ROLES.index),
+        "layers": None if all_layers else layers,
+        "stacks": None if len(stacks) == len(anatomy.stacks) else stacks,
+        "attention": attention,
+    }

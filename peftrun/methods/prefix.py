@@ -29,7 +29,7 @@ did not; T5 is relative: its position bias gets zero columns for the prefix).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,19 +39,9 @@ from peftrun.backbones.anatomy import Anatomy, get_module
 from peftrun.errors import PeftrunError
 from peftrun.methods.attention_hook import COMPOSITIONS, Route, route, unroute
 from peftrun.methods.base import Delta, register_delta
-from peftrun.methods.sites import ATTENTION_KINDS, check_selection, resolve_layers
-
-
-@dataclass
-class PrefixSpec:
-    length: int = 10  # P, prefix length (Li & Liang: 10 for table-to-text, 200 for summarization)
-    mid_dim: int | None = 512  # reparameterisation MLP width (Li & Liang 512, He et al. 800); null = P-tuning v2
-    dropout: float = 0.0  # dropout on the prefix keys/values while training (P-tuning v2: 0.1)
-    composition: str = "concat"  # concat (Li & Liang) | gated | add (He et al.'s forms, see attention_hook)
-    shift_positions: bool = True  # real tokens' absolute positions start at P (see module docstring)
-    stacks: list[str] | None = None  # encoder / decoder; null = every stack
-    attention: list[str] = field(default_factory=lambda: list(ATTENTION_KINDS))  # self / cross
-    layers: list[int] | None = None  # layer indices per stack (negative = from the end); null = all
+from peftrun.methods.peft_format import PROMPT_KEY, take
+from peftrun.methods.prefix_spec import PrefixSpec
+from peftrun.methods.sites import check_selection, resolve_layers
 
 
 @dataclass(frozen=True)
@@ -253,6 +243,64 @@ class Prefix(Delta):
                 params = [self.prefixes[group.name]]
             counts[f"{group.stack}.{group.kind}"] = sum(p.numel() for p in params)
         return counts
+
+
+    # --- peft layout ----------------------------------------------------------------------------------------
+    # peft's PREFIX_TUNING holds `prompt_embeddings` (P, L * 2 * d_in): row p, chunk 2l (2l + 1) = layer l's key
+    # (value) at prefix position p, i.e. the output of the reparameterisation when prefix_projection is on (peft
+    # saves only that, as peftrun). It feeds them as the past key/values of a decoder-only model, whose absolute
+    # positions then start at P (shift_positions=true). Expressible: a decoder-only model, every layer, concat,
+    # shifted positions. Not mapped: an encoder-decoder, where peft (0.21) passes one table, duplicated, as the
+    # decoder's cache for its self and cross attention (by peft's split, self = layer 2l's pair, cross = layer
+    # 2l+1's) and the encoder gets no prefix; peftrun's per-(stack, attention kind) prefixes have no such ties.
+
+    def to_peft(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        reason = _peft_reason(self.anatomy, self.spec.composition, self.spec.shift_positions)
+        (group,) = self.groups if len(self.groups) == 1 else (None,)
+        stack = self.anatomy.stacks[0]
+        if reason is None and (group is None or len(group.layers) != len(get_module(model, stack.layers))):
+            reason = "peft's prefix covers every layer; this prefix selects layers " + str(self.spec.layers)
+        if reason:
+            raise PeftrunError(f"prefix: {reason}; use save() instead")
+        prefix = self.saved_state_dict()[group.name]  # (L, 2, P, d_in)
+        L, _, P, inner = prefix.shape
+        config = {"num_virtual_tokens": P, "token_dim": inner, "num_layers": L, "num_attention_heads": group.heads,
+                  "num_transformer_submodules": 1, "prefix_projection": self.spec.mid_dim is not None,
+                  "encoder_hidden_size": self.spec.mid_dim or inner}
+        return config, {"prompt_embeddings": prefix.permute(2, 0, 1, 3).reshape(P, L * 2 * inner)}
+
+    @classmethod
+    def from_peft(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], model: nn.Module,
+                  anatomy: Anatomy) -> tuple[dict[str, Any], Callable[[Delta], dict[str, torch.Tensor]]]:
+        reason = _peft_reason(anatomy, "concat", True)
+        if reason is None and config.get("num_transformer_submodules", 1) != 1:
+            reason = f"num_transformer_submodules={config['num_transformer_submodules']} (an encoder-decoder prefix)"
+        if reason:
+            raise PeftrunError(f"peft prefix-tuning: {reason}")
+        P, L = int(config["num_virtual_tokens"]), int(config["num_layers"])
+        table = take(tensors, PROMPT_KEY)
+        item = {"kind": "prefix", "length": P, "mid_dim": None, "shift_positions": True}
+
+        def state(delta: Delta) -> dict[str, torch.Tensor]:
+            (group,) = delta.groups
+            if table.shape != (P, L * 2 * group.inner) or len(group.layers) != L:
+                raise PeftrunError(f"prompt_embeddings {tuple(table.shape)} do not fit this model's prefix "
+                                   f"({len(group.layers)} layers x 2 x {group.inner})")
+            return {group.name: table.view(P, L, 2, group.inner).permute(1, 2, 0, 3)}
+
+        return item, state
+
+
+def _peft_reason(anatomy: Anatomy, composition: str, shifted: bool) -> str | None:
+    """Why peft's prefix-tuning layout cannot express this prefix, or None."""
+    if anatomy.kind != "decoder":
+        return (f"peft's layout is expressed here for decoder-only models, not a {anatomy.kind} "
+                f"({anatomy.family}; see prefix.py's peft notes)")
+    if composition != "concat":
+        return f"composition={composition}: peft's prefix is concatenated (concat)"
+    if not shifted:
+        return "shift_positions=false: peft's real tokens' positions start at P"
+    return None
 
 
 class _LayerPrefix:

@@ -15,8 +15,8 @@ from torch import nn
 
 from peftrun.backbones.anatomy import Anatomy, AttentionRoles, StackRoles, get_module
 from peftrun.errors import PeftrunError
+from peftrun.methods.spec import ATTENTION_KINDS  # torch-free home; re-exported for the delta modules
 
-ATTENTION_KINDS = ("self", "cross")
 PROJECTION_ROLES = ("q", "k", "v", "o", "ffn_in", "ffn_gate", "ffn_out", "qkv")
 FFN_PROJECTION_ROLES = ("ffn_in", "ffn_gate", "ffn_out")  # ffn_gate: the gate of a gated FFN (Llama), if any
 QKV_PARTS = {"q": 0, "k": 1, "v": 2}

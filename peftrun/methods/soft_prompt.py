@@ -32,7 +32,6 @@ P-tuning: a template such as "[P][P] {x} [P] {y}", [P] = a pseudo token; any oth
 
 from __future__ import annotations
 
-import inspect
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +42,17 @@ from torch import nn
 from peftrun.backbones.anatomy import Anatomy
 from peftrun.errors import PeftrunError
 from peftrun.methods.base import Delta, register_delta
+from peftrun.methods.peft_format import PROMPT_KEY
+from peftrun.methods.soft_prompt_rows import (
+    _after_separator,
+    _bind,
+    _end_real,
+    _extend_positions,
+    _first_real,
+    _splice_ones,
+    _splice_values,
+)
+from peftrun.methods.soft_prompt_spec import PSEUDO_TOKEN, PromptTuningSpec, PTuningSpec
 
 PROMPT_INITS = ("random", "vocab", "text")
 ENCODERS = ("lstm", "mlp", "none")
@@ -114,10 +124,6 @@ class SoftPrompt(Delta):
         self._maps: torch.Tensor | None = None  # (B, S) rows of the extended output each caller position reads
         self._backbone: dict[str, nn.Module] = {}  # the word embeddings (a plain dict: not a submodule of the delta)
         self._eos: set[int] = set()
-
-    def set_tokenizer(self, tokenizer: Any) -> None:
-        """The backbone's tokenizer, needed before `attach` for text init and anchors."""
-        self.tokenizer = tokenizer
 
     def virtual_embeddings(self) -> torch.Tensor:
         """(n_pseudo, d) embeddings of the pseudo tokens."""
@@ -272,93 +278,43 @@ class SoftPrompt(Delta):
     def _load_prompt(self, prompt: torch.Tensor) -> None:
         raise NotImplementedError
 
+    # --- peft layout ----------------------------------------------------------------------------------------
+    # peft prepends its virtual tokens to the input embeddings (the encoder's, for an encoder-decoder), reads
+    # `prompt_embeddings` (n x submodules, d) as they are in inference mode (rows [:n]; an encoder-decoder's second
+    # half feeds no forward of peft's prompt tuning / P-tuning, so it is written as a copy), and numbers positions
+    # over the extended row as peftrun does when none are given. Same outputs for rows without left padding
+    # (peft puts the virtual tokens before the padding, peftrun after it).
 
-# --------------------------------------------------------------------------------------------- row surgery
+    def _peft_fields(self) -> dict[str, Any]:
+        raise NotImplementedError
 
+    def to_peft(self, model: nn.Module) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        n = self.layout.size
+        if self.layout.after_x or self.layout.anchors:
+            raise PeftrunError(f"{self.kind}: peft's layout puts every virtual token before the input; this "
+                               "template has anchors or pseudo tokens after {x}; use save() instead")
+        prompt = self.saved_state_dict()["prompt"]
+        submodules = 2 if self.anatomy.is_encoder_decoder else 1
+        config = {"num_virtual_tokens": n, "token_dim": int(prompt.shape[1]),
+                  "num_transformer_submodules": submodules, **self._peft_fields()}
+        return config, {PROMPT_KEY: torch.cat([prompt] * submodules)}
 
-def _bind(module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any]:
-    """The call's arguments by name (positional ones named through the forward's signature)."""
-    if not args:
-        return dict(kwargs)
-    signature = inspect.signature(module.forward)
-    bound = signature.bind_partial(*args, **kwargs).arguments
-    call: dict[str, Any] = {}
-    for name, value in bound.items():
-        if signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
-            call.update(value)
-        elif signature.parameters[name].kind is inspect.Parameter.VAR_POSITIONAL:
-            if value:
-                raise PeftrunError(f"{type(module).__name__} was called with extra positional arguments")
-        else:
-            call[name] = value
-    return call
+    @classmethod
+    def _item_from_peft(cls, config: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
 
-
-def _first_real(real: torch.Tensor) -> torch.Tensor:
-    """(B,) index of the first real column (0 for a row without padding or without any real token)."""
-    return real.bool().int().argmax(dim=1)
-
-
-def _end_real(real: torch.Tensor) -> torch.Tensor:
-    """(B,) one past the last real column."""
-    width = real.shape[1]
-    flipped = real.bool().flip(1).int().argmax(dim=1)
-    return torch.where(real.bool().any(dim=1), width - flipped, torch.zeros_like(flipped))
-
-
-def _after_separator(ids: torch.Tensor, real: torch.Tensor, eos: set[int], ends: torch.Tensor) -> torch.Tensor:
-    """(B,) one past the first real separator (EOS) of each row, or the row's end when it has none."""
-    sep = torch.zeros_like(real)
-    for token in eos:
-        sep |= ids == token
-    sep &= real
-    return torch.where(sep.any(dim=1), sep.int().argmax(dim=1) + 1, ends)
-
-
-def _splice_values(x: torch.Tensor, starts: torch.Tensor, mids: torch.Tensor, a: torch.Tensor,
-                   b: torch.Tensor) -> torch.Tensor:
-    rows = []
-    for r in range(x.shape[0]):
-        s, m = int(starts[r]), int(mids[r])
-        rows.append(torch.cat([x[r, :s], a, x[r, s:m], b, x[r, m:]]))
-    return torch.stack(rows)
-
-
-def _splice_ones(mask: torch.Tensor, starts: torch.Tensor, mids: torch.Tensor, na: int, nb: int) -> torch.Tensor:
-    if isinstance(starts, int):
-        starts = torch.full((mask.shape[0],), starts, device=mask.device)
-    if isinstance(mids, int):
-        mids = torch.full((mask.shape[0],), mids, device=mask.device)
-    return _splice_values(mask, starts, mids, mask.new_ones(na), mask.new_ones(nb))
-
-
-def _extend_positions(positions: torch.Tensor, starts: torch.Tensor, mids: torch.Tensor, na: int, nb: int,
-                      own: torch.Tensor) -> torch.Tensor:
-    """Given positions renumbered over the extended row: token t gets p_t + (items before it); items of a slot
-    inserted before column j take the positions just before token j's new one."""
-    B, S = positions.shape
-    out = positions.new_zeros(B, S + na + nb)
-    shifted = positions + (own - torch.arange(S, device=positions.device)[None])
-    out.scatter_(1, own, shifted)
-    following = torch.cat([positions, positions[:, -1:] + 1], dim=1)  # p_j, with p_S = p_{S-1} + 1
-    for r in range(B):
-        s, m = int(starts[r]), int(mids[r])
-        if na:
-            out[r, s:s + na] = following[r, s] + torch.arange(na, device=positions.device)
-        if nb:
-            out[r, m + na:m + na + nb] = following[r, m] + na + torch.arange(nb, device=positions.device)
-    return out
+    @classmethod
+    def from_peft(cls, config: dict[str, Any], tensors: dict[str, torch.Tensor], model: nn.Module,
+                  anatomy: Anatomy) -> tuple[dict[str, Any], Any]:
+        n = int(config["num_virtual_tokens"])
+        table = tensors.pop(PROMPT_KEY, None)
+        if table is None or table.dim() != 2 or table.shape[0] < n:
+            raise PeftrunError(f"{cls.kind}: expected prompt_embeddings with at least {n} rows, "
+                               f"got {None if table is None else tuple(table.shape)}")
+        return cls._item_from_peft(config), lambda _delta: {"prompt": table[:n]}
 
 
 # --------------------------------------------------------------------------------------------- prompt tuning
-
-
-@dataclass
-class PromptTuningSpec:
-    length: int = 100  # n virtual tokens (Lester et al.: 100 for T5; 5-150 studied)
-    init: str = "vocab"  # random | vocab | text (see module docstring)
-    text: str | None = None  # init=text: e.g. the class labels "positive negative"
-    sample_from: int | None = 5000  # init=vocab: draw ids below this (Lester et al.: top 5,000); null = whole vocab
 
 
 @register_delta("prompt_tuning")
@@ -403,20 +359,19 @@ class PromptTuning(SoftPrompt):
     def virtual_embeddings(self) -> torch.Tensor:
         return self.prompt
 
+    def _peft_fields(self) -> dict[str, Any]:
+        return {"prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": None, "tokenizer_name_or_path": None}
+
+    @classmethod
+    def _item_from_peft(cls, config: dict[str, Any]) -> dict[str, Any]:
+        return {"kind": "prompt_tuning", "length": int(config["num_virtual_tokens"]), "init": "random"}
+
     def _load_prompt(self, prompt: torch.Tensor) -> None:
         with torch.no_grad():
             self.prompt.copy_(prompt)
 
 
 # --------------------------------------------------------------------------------------------- P-tuning
-
-
-@dataclass
-class PTuningSpec:
-    template: str = "[P][P][P] {x} [P][P][P] {y}"  # [P] pseudo token, {x} input, {y} target; other text = anchors
-    encoder: str = "lstm"  # lstm | mlp | none (prompt encoder, see module docstring)
-    mid_dim: int | None = None  # encoder width: LSTM hidden per direction (default d/2) or MLP hidden (default d)
-    dropout: float = 0.0  # dropout between the LSTM layers
 
 
 class PromptEncoder(nn.Module):
@@ -492,6 +447,21 @@ class PTuning(SoftPrompt):
 
     def virtual_embeddings(self) -> torch.Tensor:
         return self.prompt if self.prompt is not None else self.encoder()
+
+    def _peft_fields(self) -> dict[str, Any]:
+        """peft's P-tuning fields. The saved tensor is the encoder's output, which peft reads as it is in
+        inference mode (PeftModel.from_pretrained); peft's own saves hold the same. encoder=none has no peft
+        name: MLP is written (it only matters when peft trains on, re-encoding the table)."""
+        d = int(self.virtual_embeddings().shape[1])
+        hidden = self.spec.mid_dim or (d // 2 if self.spec.encoder == "lstm" else d)
+        return {"encoder_reparameterization_type": "LSTM" if self.spec.encoder == "lstm" else "MLP",
+                "encoder_hidden_size": hidden, "encoder_num_layers": 2, "encoder_dropout": self.spec.dropout}
+
+    @classmethod
+    def _item_from_peft(cls, config: dict[str, Any]) -> dict[str, Any]:
+        kind = str(config.get("encoder_reparameterization_type") or "MLP").lower()
+        return {"kind": "ptuning", "template": PSEUDO_TOKEN * int(config["num_virtual_tokens"]) + " {x}",
+                "encoder": kind if kind in ENCODERS else "mlp", "mid_dim": config.get("encoder_hidden_size")}
 
     def _load_prompt(self, prompt: torch.Tensor) -> None:
         self.encoder = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from peftrun.backbones.anatomy import Anatomy
 from peftrun.errors import PeftrunError, first_line
 from peftrun.methods.base import DELTAS, Delta
+from peftrun.methods.spec import parse_spec
 from peftrun.methods.trainable import TRAIN_RULES
 
 ITEM_KEYS = ("kind", "name")  # keys of a delta item that are not spec fields
@@ -55,27 +56,6 @@ def method_to_dict(method_cfg: Any) -> dict[str, Any]:
         raise PeftrunError(f"method.{key}: {first_line(err)} (see peftrun/config.py MethodConfig)") from err
 
 
-def parse_spec(cls: type[Delta], options: Mapping[str, Any], where: str) -> Any:
-    """Spec dataclass instance of `cls` from `options`; unknown keys and wrong types name the key."""
-    allowed = [f.name for f in fields(cls.spec_class)]
-    for key in options:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else "remove it"
-            raise PeftrunError(
-                f"{where}: unknown key {key!r} for a {cls.kind} delta (allowed: {', '.join(allowed)}); {hint}"
-            )
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(cls.spec_class), dict(options))
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "?"
-        value = options.get(key, "?") if isinstance(key, str) else "?"
-        raise PeftrunError(
-            f"{where}.{key}={value!r}: {first_line(err)}; fix the value's type (see {cls.spec_class.__name__})"
-        ) from err
-
-
 def parse_deltas(method: dict[str, Any]) -> list[DeltaItem]:
     """Parse a resolved method's `deltas` into DeltaItems (no anatomy checks); names are unique (kind, kind_1...)."""
     raw = method["deltas"]
@@ -95,7 +75,7 @@ def parse_deltas(method: dict[str, Any]) -> list[DeltaItem]:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise PeftrunError(f"{where}.kind={kind!r}: unknown delta (known: {', '.join(sorted(DELTAS))}){hint}")
         cls = DELTAS[kind]
-        spec = parse_spec(cls, {k: v for k, v in entry.items() if k not in ITEM_KEYS}, where)
+        spec = parse_spec(cls.spec_class, {k: v for k, v in entry.items() if k not in ITEM_KEYS}, where)
         name = entry.get("name") or kind
         if name in used:
             if entry.get("name"):

@@ -43,9 +43,13 @@ class Task(ABC):
     "classification" (a text pair -> one of `label_names`), "candidates" (score each candidate of
     meta["candidates"], pick the best; COPA, ReCoRD) or "token" (one tag per word of meta["tokens"]).
     label_names: the class names, index = meta["label"]; `score` also accepts them as predictions.
+    options: the task-specific TaskConfig keys this task reads (fields marked `task_option` in peftrun/config.py);
+    any other task option set to a non-default value is refused by `build_task`, and a task YAML holds only the
+    common keys and its own options.
     """
 
     name: str = ""
+    options: tuple[str, ...] = ()
     head: str | None = None
     label_names: tuple[str, ...] = ()
 
@@ -127,4 +131,23 @@ def build_task(cfg: Any, data_dir: str | None = None) -> Task:
 
     if cfg.name not in TASKS:
         raise PeftrunError(f"unknown task {cfg.name!r}; known: {', '.join(sorted(TASKS))} (set task=<name>)")
+    check_task_options(cfg, TASKS[cfg.name])
     return TASKS[cfg.name](cfg, data_dir)
+
+
+def check_task_options(cfg: Any, cls: Any) -> None:
+    """Refuse a task option (TaskConfig field marked `task_option`) that the task does not read, when it is set to a
+    value other than its default: it would silently do nothing."""
+    from dataclasses import MISSING, fields
+
+    from peftrun.config import TaskConfig
+
+    for field in fields(TaskConfig):
+        if not field.metadata.get("task_option") or field.name in getattr(cls, "options", ()):
+            continue
+        default = field.default if field.default is not MISSING else field.default_factory()
+        value = getattr(cfg, field.name, default)
+        if value != default:
+            readers = sorted(name for name, task in TASKS.items() if field.name in getattr(task, "options", ()))
+            raise PeftrunError(f"task.{field.name}={value!r}: task {cfg.name!r} does not read it (an option of "
+                               f"{', '.join(readers)}); remove it")

@@ -117,6 +117,7 @@ def parse_entities(text: str) -> list[tuple[str, str]]:
 @register_task("conll2003")
 class Conll2003(Task):
     head: ClassVar[str | None] = "token"
+    options: ClassVar[tuple[str, ...]] = ("hub_id",)
     label_names: ClassVar[tuple[str, ...]] = LABELS
     splits: ClassVar[tuple[str, ...]] = ("train", "validation", "test")
 

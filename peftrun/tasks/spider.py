@@ -68,6 +68,7 @@ def read_rows(paths: list[Path]) -> list[Any]:
 @register_task("spider")
 class SpiderTask(Task):
     splits: ClassVar[tuple[str, ...]] = ("train", "validation", "test")
+    options: ClassVar[tuple[str, ...]] = ("with_keys",)
 
     def __init__(self, cfg: Any, data_dir: str | None = None) -> None:
         super().__init__(cfg, data_dir)

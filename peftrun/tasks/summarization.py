@@ -108,6 +108,7 @@ class SummarizationTask(Task):
     """Base of xsum and cnn_dm; they differ in hub ids, lengths and generation settings (their YAMLs)."""
 
     splits: ClassVar[tuple[str, ...]] = ("train", "validation", "test")
+    options: ClassVar[tuple[str, ...]] = ("hub_id",)
 
     def load(self, split: str, grouped: bool) -> list[Example]:
         if split not in self.splits:

@@ -89,6 +89,7 @@ class SuperGlueTask(Task):
     """Base of the eight tasks. Subclasses set the class constants and `examples_of(row)`."""
 
     folder: ClassVar[str] = ""
+    options: ClassVar[tuple[str, ...]] = ("hub_id", "verbalizers")
     head: ClassVar[str | None] = "classification"
     label_names: ClassVar[tuple[str, ...]] = ("False", "True")
     splits: ClassVar[tuple[str, ...]] = ("train", "validation", "dev32")

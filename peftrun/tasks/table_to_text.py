@@ -52,6 +52,7 @@ class TableToTextTask(Task):
     """
 
     splits: ClassVar[tuple[str, ...]] = ("train", "validation", "test")
+    options: ClassVar[tuple[str, ...]] = ("hub_id", "bleu_lowercase")
     bleu_style: ClassVar[str] = "13a"
     data_folder: ClassVar[str] = ""
 
