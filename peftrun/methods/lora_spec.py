@@ -29,8 +29,8 @@ class LoRASpec(DeltaSpec):
             if self.stacks is not None and stack.name not in self.stacks:
                 continue
             sizes = shape.stacks[stack.name]
-            d, inner = shape.hidden, sizes.heads * sizes.head_dim
-            dims = {"q": (d, inner), "k": (d, inner), "v": (d, inner), "o": (inner, d), "qkv": (d, 3 * inner),
+            d, inner, kv = shape.hidden, sizes.heads * sizes.head_dim, sizes.kv_heads * sizes.head_dim  # kv < inner: GQA
+            dims = {"q": (d, inner), "k": (d, kv), "v": (d, kv), "o": (inner, d), "qkv": (d, inner + 2 * kv),
                     "ffn_in": (d, sizes.ffn), "ffn_gate": (d, sizes.ffn), "ffn_out": (sizes.ffn, d)}
             per_layer = 0
             for role in self.targets:

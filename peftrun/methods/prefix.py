@@ -264,7 +264,7 @@ class Prefix(Delta):
             raise PeftrunError(f"prefix: {reason}; use save() instead")
         prefix = self.saved_state_dict()[group.name]  # (L, 2, P, d_in)
         L, _, P, inner = prefix.shape
-        config = {"num_virtual_tokens": P, "token_dim": inner, "num_layers": L, "num_attention_heads": group.heads,
+        config = {"num_virtual_tokens": P, "token_dim": inner, "num_layers": L, "num_attention_heads": group.kv_heads,
                   "num_transformer_submodules": 1, "prefix_projection": self.spec.mid_dim is not None,
                   "encoder_hidden_size": self.spec.mid_dim or inner}
         return config, {"prompt_embeddings": prefix.permute(2, 0, 1, 3).reshape(P, L * 2 * inner)}

@@ -28,19 +28,20 @@ class PrefixSpec(DeltaSpec):
 
     def parameter_count(self, anatomy: Any, shape: Any) -> int:
         """Per (stack, attention kind) with L layers of inner width d_in: L 2 P d_in (mid_dim null), else the MLP
-        P d + d m + m + m (L 2 d_in) + L 2 d_in."""
+        P d_in + d_in m + m + m (L 2 d_in) + L 2 d_in."""
         total = 0
         for stack in anatomy.stacks:
             if self.stacks is not None and stack.name not in self.stacks:
                 continue
             sizes = shape.stacks[stack.name]
-            out = len(selected_layers(sizes.layers, self.layers)) * 2 * sizes.heads * sizes.head_dim
+            d_in = sizes.kv_heads * sizes.head_dim  # keys/values per key-value head (GQA: fewer than query heads)
+            out = len(selected_layers(sizes.layers, self.layers)) * 2 * d_in
             for attention in stack.attentions:
                 if attention.kind not in self.attention or not out:
                     continue
                 if self.mid_dim is None:
                     total += self.length * out
                 else:
-                    d, m = shape.hidden, self.mid_dim
+                    d, m = d_in, self.mid_dim  # E's width: d_in, as peft's token_dim
                     total += self.length * d + d * m + m + m * out + out
         return total
