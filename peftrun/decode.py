@@ -88,6 +88,16 @@ def greedy_kwargs(model: Any, settings: Mapping[str, Any]) -> dict[str, Any] | N
 
     `settings` must hold max_new_tokens (without it generate's length comes from max_length, which is not mirrored).
     """
+    config = effective_config(model, settings)
+    if config is None or any(config.get(name) not in neutral for name, neutral in _NEUTRAL.items()):
+        return None
+    return shared_kwargs(model, config)
+
+
+def effective_config(model: Any, settings: Mapping[str, Any]) -> dict[str, Any] | None:
+    """model.generation_config's non-default fields overridden by `settings`, or None when either holds a field
+    nobody reviewed for the lean loops (a model kwarg, a new option) or `settings` lacks max_new_tokens (without
+    it generate's length comes from max_length, which is not mirrored)."""
     if settings.get("max_new_tokens") is None:
         return None
     known = set(_NEUTRAL) | set(_IMPLEMENTED) | set(_IRRELEVANT)
@@ -97,12 +107,14 @@ def greedy_kwargs(model: Any, settings: Mapping[str, Any]) -> dict[str, Any] | N
     defaults = base.to_diff_dict() if base is not None else {}
     if set(defaults) - known:
         return None
-    config = {**defaults, **settings}
-    for name, neutral in _NEUTRAL.items():
-        if config.get(name) not in neutral:
-            return None
+    return {**defaults, **settings}
+
+
+def shared_kwargs(model: Any, config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The length / token arguments every lean loop takes, from an effective config; None when an
+    encoder-decoder has no decoder start token (generate then raises its own error)."""
     start = config.get("decoder_start_token_id")
-    if start is None:  # generate's rule; without either, generate raises its own error
+    if start is None:  # generate's rule
         start = config.get("bos_token_id")
     if start is None and getattr(model.config, "is_encoder_decoder", False):
         return None
