@@ -24,8 +24,9 @@ from typing import Any
 import torch
 
 from peftrun.beam import beam_decode, beam_kwargs
+from peftrun.continuous import continuous_greedy_decode, supports_continuous
 from peftrun.data import pad_left, pad_right
-from peftrun.decode import continuous_greedy_decode, greedy_decode, greedy_kwargs
+from peftrun.decode import greedy_decode, greedy_kwargs
 from peftrun.errors import PeftrunError
 
 DECODERS = ("auto", "hf")
@@ -76,10 +77,10 @@ def generate_ids(
     }
     lean = _lean_kwargs(model, gen_cfg, settings)
     beam = _beam_kwargs(model, gen_cfg, settings) if lean is None else None
-    continuous = None if _has_input_side_delta(model) else _continuous_kwargs(kind, lean, len(prompts),
+    continuous = None if _has_input_side_delta(model) else _continuous_kwargs(model, kind, lean, len(prompts),
                                                                                 gen_cfg.batch_size)
     if continuous is not None:
-        generated = continuous_greedy_decode(model, [prompts[i] for i in order], gen_cfg.batch_size,
+        generated = continuous_greedy_decode(model, [prompts[i] for i in order], gen_cfg.batch_size, kind=kind,
                                              on_done=on_batch, **continuous)
         for index, row in zip(order, generated, strict=True):
             outputs[index] = _strip_padding(row, pad_id, tokenizer.eos_token_id)
@@ -123,16 +124,18 @@ def _beam_kwargs(model: Any, gen_cfg: Any, settings: dict[str, Any]) -> dict[str
     return None if gen_cfg.decoder == "hf" else beam_kwargs(model, settings)
 
 
-def _continuous_kwargs(kind: str, lean: dict[str, Any] | None, count: int, batch_size: int) -> dict[str, Any] | None:
-    """continuous_greedy_decode's arguments (beyond prompts and batch size) when it applies, else None: the lean
-    loop applies, decoder-only, more prompts than one batch, and no rule that depends on the padded batch width."""
-    if lean is None or kind != "decoder" or count <= batch_size or lean["pad_token_id"] is None:
+def _continuous_kwargs(model: Any, kind: str, lean: dict[str, Any] | None, count: int,
+                       batch_size: int) -> dict[str, Any] | None:
+    """continuous_greedy_decode's arguments (beyond prompts, batch size and kind) when it applies, else None: the
+    lean loop applies, more prompts than one batch, the decoder's positions can follow each row
+    (peftrun.continuous.supports_continuous), and for decoder-only models no rule that depends on the padded
+    batch width (min_length, forced_bos_token_id)."""
+    if lean is None or count <= batch_size or lean["pad_token_id"] is None or not supports_continuous(model, kind):
         return None
-    if lean["forced_bos_token_id"] is not None or (lean["min_new_tokens"] is None and lean["min_length"]):
+    if kind == "decoder" and (lean["forced_bos_token_id"] is not None or
+                              (lean["min_new_tokens"] is None and lean["min_length"])):
         return None
-    keys = ("max_new_tokens", "eos_token_id", "pad_token_id", "min_new_tokens", "suppress_tokens",
-            "forced_eos_token_id")
-    return {key: lean[key] for key in keys}
+    return dict(lean)
 
 
 def _has_input_side_delta(model: Any) -> bool:

@@ -4,7 +4,6 @@ may (tiny models and the EOS rule: tests/decoding_tiny.py)."""
 from __future__ import annotations
 
 import pytest
-import torch
 from decoding_tiny import (
     EXAMPLES,
     MAX_NEW,
@@ -22,7 +21,7 @@ from omegaconf import OmegaConf
 
 from peftrun.config import GenerationConfig
 from peftrun.data import tokenize_examples
-from peftrun.decode import continuous_greedy_decode, greedy_decode, greedy_kwargs
+from peftrun.decode import greedy_decode, greedy_kwargs
 from peftrun.errors import PeftrunError
 from peftrun.generate import generate_ids
 
@@ -132,63 +131,3 @@ def test_a_model_generation_config_with_an_unsupported_processor_goes_to_generat
 def test_an_unknown_decoder_is_a_user_error() -> None:
     with pytest.raises(PeftrunError, match="task.generation.decoder='fast'.*auto, hf"):
         run(tiny("gpt2"), {"decoder": "fast"})
-
-
-@pytest.mark.parametrize("method", list(METHODS))
-def test_continuous_greedy_tokens_equal_generate_per_prompt(method: str) -> None:
-    """More prompts than the batch: rows end at different steps, freed slots are refilled from the queue (one at
-    a time with refill_at=1, in groups by default), and every prompt's tokens equal generate on that prompt alone
-    and generate on its length-sorted batch."""
-    backbone = tiny("gpt2")
-    tok = backbone.tokenizer
-    with_method(backbone, method)
-    prompts = tokenize_examples(EXAMPLES + EXAMPLES[::-1][:4], tok, "decoder", 64, 64, None,
-                                with_target=False).input_ids
-    prompts[-4:] = [p[1:] for p in prompts[-4:]]  # distinct prompts, more lengths
-    handle = stop_hook(backbone)
-    for extra in ({"min_new_tokens": 2}, {"suppress_tokens": [7, 11], "forced_eos_token_id": tok.eos_token_id}):
-        settings = settings_for(backbone, **extra)
-        expected = [generate_reference(backbone, torch.tensor([p]), torch.ones(1, len(p), dtype=torch.long),
-                                       **settings)[0] for p in prompts]
-        kwargs = greedy_kwargs(backbone.model, settings)
-        assert kwargs is not None
-        for batch_size, refill_at in ((4, 1), (4, None), (3, 2), (16, None)):
-            finished: list[int] = []
-            got = continuous_greedy_decode(
-                backbone.model, prompts, batch_size, kwargs["max_new_tokens"], kwargs["eos_token_id"],
-                kwargs["pad_token_id"], kwargs["min_new_tokens"], suppress_tokens=kwargs["suppress_tokens"],
-                forced_eos_token_id=kwargs["forced_eos_token_id"], refill_at=refill_at, on_done=finished.append)
-            assert got == expected, (extra, batch_size, refill_at)
-            assert sum(finished) == len(prompts)
-        lengths = [len(row) for row in got]
-        assert min(lengths) < MAX_NEW and max(lengths) > min(lengths), lengths  # rows ended at different steps
-        assert len({tuple(row[:-1]) for row in got}) > 4  # continuations depend on the prompt
-        if "min_new_tokens" in extra:
-            assert min(lengths) > 2
-        else:
-            assert all(row[-1] == tok.eos_token_id for row in got)  # forced EOS at the last step
-            assert not {7, 11} & {t for row in got for t in row}
-    gen = OmegaConf.structured(GenerationConfig(max_new_tokens=MAX_NEW, batch_size=3))
-    runner = generate_ids(backbone.model, tok, "decoder", prompts, gen, min_new_tokens=2)
-    hf = generate_ids(backbone.model, tok, "decoder", prompts, OmegaConf.merge(gen, {"decoder": "hf"}),
-                      min_new_tokens=2)
-    handle.remove()
-    assert runner == hf
-
-
-def test_generate_ids_uses_the_continuous_loop_for_several_decoder_batches(monkeypatch) -> None:
-    import peftrun.generate as module
-
-    backbone = tiny("gpt2")
-    spy = Spy(backbone, monkeypatch)
-    calls = []
-    original = module.continuous_greedy_decode
-    monkeypatch.setattr(module, "continuous_greedy_decode", lambda *a, **k: calls.append(1) or original(*a, **k))
-    kind = backbone.anatomy.kind
-    prompts = tokenize_examples(EXAMPLES, backbone.tokenizer, kind, 64, 64, None, with_target=False).input_ids
-    gen = OmegaConf.structured(GenerationConfig(max_new_tokens=3, batch_size=2))
-    generate_ids(backbone.model, backbone.tokenizer, kind, prompts, gen)
-    assert (len(calls), spy.lean, spy.hf) == (1, 0, 0)
-    backbone.model.generation_config.min_length = 5  # depends on the padded batch width: per-batch loop
-    generate_ids(backbone.model, backbone.tokenizer, kind, prompts, gen)
-    assert (len(calls), spy.lean, spy.hf) == (1, 3, 0)
