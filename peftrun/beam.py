@@ -43,7 +43,8 @@ def beam_kwargs(model: Any, settings: dict[str, Any]) -> dict[str, Any] | None:
         return None
     if any(config.get(name) not in neutral for name, neutral in _NEUTRAL.items() if name not in _BEAM_FIELDS):
         return None
-    early_stopping = config.get("early_stopping", False)
+    early_stopping = config.get("early_stopping")
+    early_stopping = False if early_stopping is None else early_stopping  # GenerationConfig's default
     if early_stopping not in (True, False, "never"):
         return None
     shared = shared_kwargs(model, config)
