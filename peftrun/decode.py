@@ -26,7 +26,7 @@ such rows: scripts/bench_generate.py).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -88,6 +88,16 @@ def greedy_kwargs(model: Any, settings: Mapping[str, Any]) -> dict[str, Any] | N
 
     `settings` must hold max_new_tokens (without it generate's length comes from max_length, which is not mirrored).
     """
+    config = effective_config(model, settings)
+    if config is None or any(config.get(name) not in neutral for name, neutral in _NEUTRAL.items()):
+        return None
+    return shared_kwargs(model, config)
+
+
+def effective_config(model: Any, settings: Mapping[str, Any]) -> dict[str, Any] | None:
+    """model.generation_config's non-default fields overridden by `settings`, or None when either holds a field
+    nobody reviewed for the lean loops (a model kwarg, a new option) or `settings` lacks max_new_tokens (without
+    it generate's length comes from max_length, which is not mirrored)."""
     if settings.get("max_new_tokens") is None:
         return None
     known = set(_NEUTRAL) | set(_IMPLEMENTED) | set(_IRRELEVANT)
@@ -97,12 +107,14 @@ def greedy_kwargs(model: Any, settings: Mapping[str, Any]) -> dict[str, Any] | N
     defaults = base.to_diff_dict() if base is not None else {}
     if set(defaults) - known:
         return None
-    config = {**defaults, **settings}
-    for name, neutral in _NEUTRAL.items():
-        if config.get(name) not in neutral:
-            return None
+    return {**defaults, **settings}
+
+
+def shared_kwargs(model: Any, config: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The length / token arguments every lean loop takes, from an effective config; None when an
+    encoder-decoder has no decoder start token (generate then raises its own error)."""
     start = config.get("decoder_start_token_id")
-    if start is None:  # generate's rule; without either, generate raises its own error
+    if start is None:  # generate's rule
         start = config.get("bos_token_id")
     if start is None and getattr(model.config, "is_encoder_decoder", False):
         return None
@@ -252,200 +264,3 @@ def greedy_decode(
                 mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
             call.update(input_ids=tokens, attention_mask=mask, position_ids=positions)
     return out
-
-
-# --- continuous batching (decoder-only) ---------------------------------------------------------------------------
-
-
-class _RowRules:
-    """The per-row subset of _Rules: min_new_tokens, forced EOS at the last step, suppress_tokens, decided from each
-    row's own step (rows of a continuous batch are at different steps). min_length and forced_bos_token_id depend
-    on generate's padded batch width, so callers keep those on the per-batch loop."""
-
-    def __init__(self, max_new_tokens: int, eos: list[int], min_new_tokens: int | None, suppress: list[int],
-                 forced_eos: list[int]) -> None:
-        self.max_new_tokens, self.min_new_tokens = max_new_tokens, min_new_tokens or 0
-        self.eos, self.suppress, self.forced_eos = eos, suppress, forced_eos
-
-    def apply(self, logits: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-        """(b, V) logits of each row's generated token steps[i] (0-based, (b,)), in generate's processor order."""
-        if self.eos and self.min_new_tokens > 0:
-            early = steps < self.min_new_tokens
-            if bool(early.any()):
-                logits = logits.clone()
-                logits[early.nonzero(), torch.tensor([self.eos])] = float("-inf")
-        if self.forced_eos:
-            last = steps == self.max_new_tokens - 1
-            if bool(last.any()):
-                logits = logits.clone()
-                logits[last] = float("-inf")
-                logits[last.nonzero(), torch.tensor([self.forced_eos])] = 0
-        if self.suppress:
-            logits = logits.clone()
-            logits[:, self.suppress] = float("-inf")
-        return logits
-
-
-class _Running:
-    """The live rows of a continuous batch (b rows, cache width W).
-
-    rows: prompt index per row; steps (b,): tokens generated so far; tokens (b, 1): the last token, fed next;
-    mask (b, W): 1 on real cache columns, 0 on left padding; positions (b, 1): the next token's position id;
-    cache: DynamicCache whose key/value tensors are (b, heads, W, head_dim).
-    """
-
-    def __init__(self, rows: list[int], steps: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor,
-                 positions: torch.Tensor, cache: Any) -> None:
-        self.rows, self.steps, self.tokens, self.mask, self.positions, self.cache = (
-            rows, steps, tokens, mask, positions, cache)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def select(self, keep: torch.Tensor) -> None:
-        """Keep rows `keep` (indices, (k,)), then drop the cache columns that are padding in every kept row."""
-        self.rows = [self.rows[i] for i in keep.tolist()]
-        self.steps, self.tokens, self.mask, self.positions = (
-            self.steps[keep], self.tokens[keep], self.mask[keep], self.positions[keep])
-        self.cache.batch_select_indices(keep)
-        self._trim()
-
-    def merge(self, other: _Running) -> None:
-        """Append other's rows: both caches and masks are left-padded (zeros, masked) to the wider width."""
-        width = max(self.mask.shape[1], other.mask.shape[1])
-        self.mask = torch.cat([_pad_columns(self.mask, width), _pad_columns(other.mask, width)])
-        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
-            mine.keys = torch.cat([_pad_columns(mine.keys, width), _pad_columns(theirs.keys, width)])
-            mine.values = torch.cat([_pad_columns(mine.values, width), _pad_columns(theirs.values, width)])
-        self.rows = self.rows + other.rows
-        self.steps = torch.cat([self.steps, other.steps])
-        self.tokens = torch.cat([self.tokens, other.tokens])
-        self.positions = torch.cat([self.positions, other.positions])
-
-    def _trim(self) -> None:
-        first = int(self.mask.any(0).long().argmax()) if len(self) else 0
-        if first > 0:
-            self.mask = self.mask[:, first:]
-            for layer in self.cache.layers:
-                layer.keys, layer.values = layer.keys[..., first:, :], layer.values[..., first:, :]
-
-
-def _pad_columns(tensor: torch.Tensor, width: int) -> torch.Tensor:
-    """Left-pad a mask (b, W) or a cache tensor (b, h, W, d) with zeros to `width` columns."""
-    missing = width - (tensor.shape[1] if tensor.dim() == 2 else tensor.shape[-2])
-    if missing == 0:
-        return tensor
-    if tensor.dim() == 2:
-        return torch.cat([tensor.new_zeros(tensor.shape[0], missing), tensor], dim=1)
-    shape = (*tensor.shape[:-2], missing, tensor.shape[-1])
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=-2)
-
-
-def _prefill(model: Any, prompts: list[list[int]], rows: list[int], pad_token_id: int, device: Any) -> tuple[
-        _Running, torch.Tensor]:
-    """Run the prompts of `rows` (left-padded together) through the model: their running state and the (n, V)
-    logits of their first new token."""
-    from transformers import DynamicCache
-
-    from peftrun.data import pad_left
-
-    ids, mask = pad_left([prompts[i] for i in rows], pad_token_id)
-    ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # (n, L)
-    cache = DynamicCache(config=model.config.get_text_config(decoder=True))
-    call: dict[str, Any] = {"input_ids": ids, "position_ids": positions, "use_cache": True, "return_dict": True,
-                            "attention_mask": None if bool(mask.all()) else mask}  # as generate: no mask, no padding
-    if _accepts_logits_to_keep(model):
-        call["logits_to_keep"] = 1
-    output = model(**call, cache=cache)
-    steps = torch.zeros(len(rows), dtype=torch.long, device=device)
-    state = _Running(list(rows), steps, ids[:, -1:], mask, positions[:, -1:], output.cache)
-    return state, output.logits[:, -1, :]
-
-
-def _decode_step(model: Any, state: _Running) -> torch.Tensor:
-    """Feed every live row its last token: the (b, V) logits of its next token; the cache grows by one column."""
-    state.mask = torch.cat([state.mask, state.mask.new_ones(len(state), 1)], dim=1)
-    state.positions = state.positions + 1
-    output = model(input_ids=state.tokens, position_ids=state.positions, cache=state.cache, use_cache=True,
-                   return_dict=True, attention_mask=None if bool(state.mask.all()) else state.mask)
-    state.cache = output.cache
-    return output.logits[:, -1, :]
-
-
-def _choose(state: _Running, logits: torch.Tensor, rules: _RowRules, eos_ids: torch.Tensor,
-            out: list[list[int]]) -> torch.Tensor:
-    """Pick each row's greedy token, record it, advance the steps: the (k,) indices of the rows still running."""
-    chosen = rules.apply(logits, state.steps).argmax(dim=-1)  # (b,)
-    for row, token in zip(state.rows, chosen.tolist(), strict=True):
-        out[row].append(token)
-    state.tokens, state.steps = chosen[:, None], state.steps + 1
-    done = state.steps >= rules.max_new_tokens
-    if eos_ids.numel():
-        done |= torch.isin(chosen, eos_ids)
-    return (~done).nonzero().squeeze(1)
-
-
-@torch.inference_mode()
-def continuous_greedy_decode(
-    model: Any,
-    prompts: list[list[int]],
-    batch_size: int,
-    max_new_tokens: int,
-    eos_token_id: int | list[int] | None,
-    pad_token_id: int,
-    min_new_tokens: int | None = None,
-    *,
-    suppress_tokens: list[int] | None = None,
-    forced_eos_token_id: int | list[int] | None = None,
-    refill_at: int | None = None,
-    on_done: Callable[[int], None] | None = None,
-) -> list[list[int]]:
-    """Greedy continuations of every prompt of a decoder-only model (ids through the first EOS), keeping the batch
-    full: finished rows leave, and once `refill_at` slots are free (default batch_size // 4, at least 1) the next
-    waiting prompts are prefilled together and merged into the running batch (caches and masks left-padded to a
-    common width, positions per row), so decode steps run on ~batch_size rows until the queue is empty.
-
-    prompts: token ids, unpadded, taken in the given order. Rules are per row (see _RowRules): min_length and
-    forced_bos_token_id are not taken (they depend on generate's padded batch width). Padding is masked, so a
-    row's tokens equal generate's in exact arithmetic; in floating point the batch composition differs, so a
-    near-tie can rarely flip (as for greedy_decode). on_done(n) is called as n prompts finish.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}; continuous decoding needs at least 1")
-    out: list[list[int]] = [[] for _ in prompts]
-    if not prompts or max_new_tokens <= 0:
-        return out
-    device = next(model.parameters()).device
-    eos = _ids(eos_token_id)
-    rules = _RowRules(max_new_tokens, eos, min_new_tokens, _ids(suppress_tokens), _ids(forced_eos_token_id))
-    eos_ids = torch.tensor(eos, dtype=torch.long, device=device)
-    refill_at = max(1, batch_size // 4) if refill_at is None else max(1, refill_at)
-    waiting = list(range(len(prompts)))[::-1]  # popped from the end: prompts in the given order
-    state: _Running | None = None
-    while waiting or state is not None:
-        free = batch_size - (len(state) if state is not None else 0)
-        if waiting and (state is None or free >= refill_at):
-            rows = [waiting.pop() for _ in range(min(free, len(waiting)))]
-            fresh, logits = _prefill(model, prompts, rows, pad_token_id, device)
-            _finish(fresh, _choose(fresh, logits, rules, eos_ids, out), on_done)
-            if len(fresh):
-                if state is None:
-                    state = fresh
-                else:
-                    state.merge(fresh)
-            continue
-        assert state is not None  # the branch above ran unless rows are live
-        _finish(state, _choose(state, _decode_step(model, state), rules, eos_ids, out), on_done)
-        if not len(state):
-            state = None
-    return out
-
-
-def _finish(state: _Running, keep: torch.Tensor, on_done: Callable[[int], None] | None) -> None:
-    """Drop the rows not in `keep` from the state, reporting how many finished."""
-    finished = len(state) - keep.numel()
-    if finished:
-        state.select(keep)
-        if on_done is not None:
-            on_done(finished)

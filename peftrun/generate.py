@@ -4,14 +4,16 @@ Prompts are sorted by length (longest first, so the first batch shows peak memor
 so padding per batch is minimal; decoder-only prompts are left-padded so every row's next token sits at
 the same position. Outputs come back in the original order.
 
-Greedy search runs in peftrun.decode's lean loops when they give the same tokens as `model.generate`:
-decoder-only prompts that fill more than one batch go to the continuous loop (finished rows leave, waiting
-prompts are prefilled into the freed slots: continuous_greedy_decode) unless min_length or forced_bos_token_id
-is set (both depend on the padded batch width); the rest go batch by batch to greedy_decode (finished rows
-leave the batch). Either applies when task.generation.decoder=auto, the effective generation config holds nothing
-that the loops lack (peftrun.decode.greedy_kwargs), and no input-side delta (prompt tuning, P-tuning) is attached
-(those hook the model's forward and follow how generate calls it). Everything else, and decoder=hf, uses
-`model.generate`.
+Greedy and beam search run in peftrun's own loops when they give the same tokens as `model.generate`
+(task.generation.decoder=auto, and the effective generation config holds nothing the loops lack:
+peftrun.decode.greedy_kwargs, peftrun.beam.beam_kwargs):
+- greedy, decoder-only, more prompts than one batch: the continuous loop (finished rows leave, waiting prompts
+  are prefilled into the freed slots: continuous_greedy_decode), unless min_length or forced_bos_token_id is set
+  (both depend on the padded batch width) or a soft prompt is attached (its virtual tokens sit in the cache);
+- other greedy batches: greedy_decode (finished rows leave the batch);
+- beam search (num_beams > 1, with length penalty, early_stopping and no-repeat n-grams): beam_decode, batch by
+  batch (a row whose hypotheses can no longer change leaves the batch).
+Everything else, and decoder=hf, uses `model.generate`.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from typing import Any
 
 import torch
 
+from peftrun.beam import beam_decode, beam_kwargs
+from peftrun.continuous import continuous_greedy_decode, supports_continuous
 from peftrun.data import pad_left, pad_right
-from peftrun.decode import continuous_greedy_decode, greedy_decode, greedy_kwargs
+from peftrun.decode import greedy_decode, greedy_kwargs
 from peftrun.errors import PeftrunError
 
 DECODERS = ("auto", "hf")
@@ -72,9 +76,11 @@ def generate_ids(
         **generate_kwargs,
     }
     lean = _lean_kwargs(model, gen_cfg, settings)
-    continuous = _continuous_kwargs(kind, lean, len(prompts), gen_cfg.batch_size)
+    beam = _beam_kwargs(model, gen_cfg, settings) if lean is None else None
+    continuous = None if _has_input_side_delta(model) else _continuous_kwargs(model, kind, lean, len(prompts),
+                                                                                gen_cfg.batch_size)
     if continuous is not None:
-        generated = continuous_greedy_decode(model, [prompts[i] for i in order], gen_cfg.batch_size,
+        generated = continuous_greedy_decode(model, [prompts[i] for i in order], gen_cfg.batch_size, kind=kind,
                                              on_done=on_batch, **continuous)
         for index, row in zip(order, generated, strict=True):
             outputs[index] = _strip_padding(row, pad_id, tokenizer.eos_token_id)
@@ -88,6 +94,8 @@ def generate_ids(
             ids, mask = pad_right(rows, pad_id)
         if lean is not None:
             generated = greedy_decode(model, kind, ids.to(device), mask.to(device), **lean)
+        elif beam is not None:
+            generated = beam_decode(model, kind, ids.to(device), mask.to(device), **beam)
         else:
             tensor = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **settings)
             # decoder-only: drop the prompt; encoder-decoder: drop the decoder start token (BART's is EOS)
@@ -104,27 +112,36 @@ def _lean_kwargs(model: Any, gen_cfg: Any, settings: dict[str, Any]) -> dict[str
     if gen_cfg.decoder not in DECODERS:
         raise PeftrunError(
             f"task.generation.decoder={gen_cfg.decoder!r}; allowed: {', '.join(DECODERS)} "
-            "(auto: the lean greedy loop where it gives generate's tokens; hf: always model.generate)"
+            "(auto: peftrun's greedy and beam loops where they give generate's tokens; hf: always model.generate)"
         )
-    if gen_cfg.decoder == "hf" or _has_input_side_delta(model):
+    if gen_cfg.decoder == "hf":
         return None
     return greedy_kwargs(model, settings)
 
 
-def _continuous_kwargs(kind: str, lean: dict[str, Any] | None, count: int, batch_size: int) -> dict[str, Any] | None:
-    """continuous_greedy_decode's arguments (beyond prompts and batch size) when it applies, else None: the lean
-    loop applies, decoder-only, more prompts than one batch, and no rule that depends on the padded batch width."""
-    if lean is None or kind != "decoder" or count <= batch_size or lean["pad_token_id"] is None:
+def _beam_kwargs(model: Any, gen_cfg: Any, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """peftrun.beam.beam_decode's arguments when the lean beam search applies, else None."""
+    return None if gen_cfg.decoder == "hf" else beam_kwargs(model, settings)
+
+
+def _continuous_kwargs(model: Any, kind: str, lean: dict[str, Any] | None, count: int,
+                       batch_size: int) -> dict[str, Any] | None:
+    """continuous_greedy_decode's arguments (beyond prompts, batch size and kind) when it applies, else None: the
+    lean loop applies, more prompts than one batch, the decoder's positions can follow each row
+    (peftrun.continuous.supports_continuous), and for decoder-only models no rule that depends on the padded
+    batch width (min_length, forced_bos_token_id)."""
+    if lean is None or count <= batch_size or lean["pad_token_id"] is None or not supports_continuous(model, kind):
         return None
-    if lean["forced_bos_token_id"] is not None or (lean["min_new_tokens"] is None and lean["min_length"]):
+    if kind == "decoder" and (lean["forced_bos_token_id"] is not None or
+                              (lean["min_new_tokens"] is None and lean["min_length"])):
         return None
-    keys = ("max_new_tokens", "eos_token_id", "pad_token_id", "min_new_tokens", "suppress_tokens",
-            "forced_eos_token_id")
-    return {key: lean[key] for key in keys}
+    return dict(lean)
 
 
 def _has_input_side_delta(model: Any) -> bool:
-    """True if an attached delta rewrites the forward's inputs (its spec says so: soft prompts)."""
+    """True if an attached delta rewrites the forward's inputs (its spec says so: soft prompts): their hooks put
+    virtual tokens into the KV cache that the continuous loop's cache merging does not count (the per-batch loops
+    call the model as generate does, so the hooks work there)."""
     from peftrun.methods import rewrites_inputs
 
     return rewrites_inputs(model)
