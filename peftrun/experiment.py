@@ -42,6 +42,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, overrides: list[str], c
     from peftrun.formulation import resolve_formulation
     from peftrun.lengths import check_input_lengths
     from peftrun.tasks.base import build_task
+    from peftrun.threads import check_threads
 
     run_dir = Path(run_dir)
     started = time.perf_counter()
@@ -52,6 +53,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, overrides: list[str], c
     from peftrun.methods import apply_method, validate_method  # imports transformers: after the cheap checks
 
     validate_method(cfg.method, anatomy)
+    check_threads(cfg.trainer.threads)
     config = OmegaConf.to_container(cfg, resolve=True)
     previous = read_record(run_dir)
     changed = _changed_keys(previous.get("config") or {}, config) if previous is not None else []
@@ -109,6 +111,7 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
     from peftrun.console import parameter_table, results_table
     from peftrun.formulation import backbone_head, num_outputs
     from peftrun.lengths import check_input_lengths
+    from peftrun.threads import set_compute_threads
 
     set_seed(cfg.trainer.seed)
     train_examples = task.load(cfg.task.train_split, grouped=False) if _training(cfg) else []
@@ -121,6 +124,7 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
     dry_meta = cfg.trainer.dry_run and cfg.backbone.init == "random"
     backbone = load_backbone(cfg.backbone, cfg.paths, head=backbone_head(formulation),
                              num_labels=num_outputs(task, formulation), meta=dry_meta)
+    record["threads"] = set_compute_threads(cfg.trainer.threads, backbone.model, backbone.spec)
     if not lengths_checked:  # a hub id whose config.json was not cached: check on the loaded config
         check_input_lengths(cfg, backbone.kind, formulation, backbone.model.config.to_dict())
     # a head formulation's head is new: it trains (and is saved) with every method
