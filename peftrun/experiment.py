@@ -19,6 +19,7 @@ from rich.console import Console
 
 from peftrun.errors import PeftrunError
 from peftrun.records import base_record, read_record, write_predictions, write_record
+from peftrun.timing import PROCESS_STARTED, since_start
 
 
 class Interrupted(Exception):
@@ -67,6 +68,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, overrides: list[str], c
         )
     record = base_record(run_dir, config, overrides, cfg.trainer.seed)
     record["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    record["timings"]["startup_s"] = round(started - PROCESS_STARTED, 3)  # interpreter, imports, Hydra
     save = write_record if is_main_process() else (lambda *_: None)
     save(run_dir, record)
     try:
@@ -174,6 +176,7 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
     record["peak_memory_mb"] = _peak_memory_mb(torch)
     record["status"] = "complete"
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    _throughput(record, backbone.model, eval_started + record["timings"].get("eval_s", 0.0))
     save(run_dir, record)
     console.print(results_table(record))
 
@@ -191,6 +194,7 @@ def _train(cfg, run_dir, backbone, formulation, examples, record, console):
 
     from peftrun.train import (
         ConsoleProgress,
+        FirstStep,
         LogBeforeSave,
         PeftrunTrainer,
         StopOnSignal,
@@ -199,6 +203,7 @@ def _train(cfg, run_dir, backbone, formulation, examples, record, console):
         training_arguments,
     )
 
+    data_started = time.perf_counter()
     if formulation == "text":
         dataset, collator = _text_training_data(cfg, backbone, examples, record)
         trainer_class, extra = PeftrunTrainer, {}
@@ -207,7 +212,9 @@ def _train(cfg, run_dir, backbone, formulation, examples, record, console):
 
         dataset, collator = _head_training_data(cfg, backbone, formulation, examples, record)
         trainer_class, extra = HeadTrainer, {"head": formulation}
+    record["timings"]["train_data_s"] = round(time.perf_counter() - data_started, 3)  # tokenise (or cache hit)
     progress = ConsoleProgress(str(run_dir / "train_log.jsonl"), console)
+    first_step = FirstStep()
     stopper = StopOnSignal()
     checkpoints = str(run_dir / "checkpoints")
     resume_from = last_checkpoint(checkpoints)
@@ -220,7 +227,7 @@ def _train(cfg, run_dir, backbone, formulation, examples, record, console):
         args=training_arguments(cfg.trainer, checkpoints, True, cfg.logger, str(run_dir)),
         train_dataset=dataset,
         data_collator=collator,
-        callbacks=[progress, stopper, LogBeforeSave()],
+        callbacks=[progress, stopper, LogBeforeSave(), first_step],
         anatomy=backbone.anatomy,
         label_smoothing=cfg.trainer.label_smoothing,
         lengths=dataset.lengths,
@@ -230,6 +237,7 @@ def _train(cfg, run_dir, backbone, formulation, examples, record, console):
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume_from)
     train_s = time.perf_counter() - t0
+    record["timings"]["to_first_step_s"] = first_step.since_process_start
     if stopper.received is not None:
         raise Interrupted(f"stopped by signal {stopper.received} at step {trainer.state.global_step}; "
                           "checkpoint saved, run the same command again to resume", stopper.received)
@@ -280,14 +288,17 @@ def _last_loss(history: list[dict[str, Any]]) -> float | None:
 def _generate(cfg, backbone, examples, split, record, console) -> list[str]:
     """The text formulation's predictions: generated texts."""
     from peftrun.data import tokenize_examples
-    from peftrun.generate import generate_texts
+    from peftrun.generate import decode_texts, generate_ids
 
     prompts = tokenize_examples(examples, backbone.tokenizer, backbone.kind, cfg.task.max_source_length,
                                 cfg.task.max_target_length, cfg.paths.cache_dir, with_target=False)
     record["data"][split] = {"examples": len(prompts), "truncated_sources": prompts.truncated_sources}
+    started = time.perf_counter()
     with _eval_progress(split, len(prompts), console) as advance:
-        return generate_texts(backbone.model, backbone.tokenizer, backbone.kind, prompts.input_ids,
-                              cfg.task.generation, on_batch=advance)
+        ids = generate_ids(backbone.model, backbone.tokenizer, backbone.kind, prompts.input_ids,
+                           cfg.task.generation, on_batch=advance)
+    _count_generation(record, split, prompts.input_ids, ids, time.perf_counter() - started)
+    return decode_texts(backbone.tokenizer, ids)
 
 
 def _classify(cfg, backbone, task, head, examples, split, record, console) -> list[str]:
@@ -312,6 +323,35 @@ def _eval_progress(split: str, total: int, console: Console):
                   console=console) as progress:
         bar = progress.add_task(split, total=total)
         yield lambda n: progress.advance(bar, n)
+
+
+def _count_generation(record: dict[str, Any], split: str, prompts: list[list[int]], generated: list[list[int]],
+                      seconds: float) -> None:
+    """Prompt and generated token counts of a split (record.data) and the generation time (record.timings)."""
+    record["data"][split]["prompt_tokens"] = sum(map(len, prompts))
+    record["data"][split]["generated_tokens"] = sum(map(len, generated))
+    record["timings"]["generate_s"] = round(record["timings"].get("generate_s", 0.0) + seconds, 3)
+
+
+def _throughput(record: dict[str, Any], model, last_prediction: float) -> None:
+    """Tokens/s and model FLOP/s (peftrun/timing.py: 6N per trained token, 2N per generated or prompt token,
+    N = non-embedding parameters), the time from the last prediction to now, and the total since process start."""
+    from peftrun.timing import model_flops_per_s, non_embedding_params
+
+    timings = record["timings"]
+    params = non_embedding_params(model)
+    timings["flops_params"] = params
+    tokens = record.get("train", {}).get("tokens")
+    if tokens and timings.get("train_s"):
+        timings["train_model_flops_per_s"] = round(model_flops_per_s(params, tokens, timings["train_s"], 6))
+    splits = [d for d in record["data"].values() if "generated_tokens" in d]
+    if splits and timings.get("generate_s"):
+        generated = sum(d["generated_tokens"] for d in splits)
+        processed = generated + sum(d["prompt_tokens"] for d in splits)
+        timings["generated_tokens_per_s"] = round(generated / max(timings["generate_s"], 1e-9), 1)
+        timings["generate_model_flops_per_s"] = round(model_flops_per_s(params, processed, timings["generate_s"], 2))
+    timings["finish_s"] = round(time.perf_counter() - last_prediction, 3)  # scoring done: records, predictions
+    timings["total_s"] = round(since_start(), 3)  # process start -> final record; the exit follows
 
 
 def _peak_memory_mb(torch) -> float:
