@@ -42,6 +42,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, overrides: list[str], c
     from peftrun.backbones import anatomy_for, load_backbone
     from peftrun.formulation import resolve_formulation
     from peftrun.lengths import check_input_lengths
+    from peftrun.precision import check_precision
     from peftrun.tasks.base import build_task
     from peftrun.threads import check_threads
 
@@ -55,6 +56,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, overrides: list[str], c
 
     validate_method(cfg.method, anatomy)
     check_threads(cfg.trainer.threads)
+    check_precision(cfg.trainer.precision)
     config = OmegaConf.to_container(cfg, resolve=True)
     previous = read_record(run_dir)
     changed = _changed_keys(previous.get("config") or {}, config) if previous is not None else []
@@ -294,7 +296,7 @@ def _generate(cfg, backbone, examples, split, record, console) -> list[str]:
                                 cfg.task.max_target_length, cfg.paths.cache_dir, with_target=False)
     record["data"][split] = {"examples": len(prompts), "truncated_sources": prompts.truncated_sources}
     started = time.perf_counter()
-    with _eval_progress(split, len(prompts), console) as advance:
+    with _eval_progress(split, len(prompts), console) as advance, _autocast(cfg, backbone):
         ids = generate_ids(backbone.model, backbone.tokenizer, backbone.kind, prompts.input_ids,
                            cfg.task.generation, on_batch=advance)
     _count_generation(record, split, prompts.input_ids, ids, time.perf_counter() - started)
@@ -308,7 +310,7 @@ def _classify(cfg, backbone, task, head, examples, split, record, console) -> li
 
     data = encode_head_examples(examples, backbone.tokenizer, head, cfg.task.max_source_length, cfg.paths.cache_dir)
     record["data"][split] = {"examples": len(data), "truncated_sources": data.truncated}
-    with _eval_progress(split, len(data), console) as advance:
+    with _eval_progress(split, len(data), console) as advance, _autocast(cfg, backbone):
         predicted = predict(backbone.model, data, head, backbone.tokenizer.pad_token_id,
                             cfg.task.generation.batch_size, on_batch=advance)
     return label_strings(task, examples, predicted, head)
@@ -323,6 +325,13 @@ def _eval_progress(split: str, total: int, console: Console):
                   console=console) as progress:
         bar = progress.add_task(split, total=total)
         yield lambda n: progress.advance(bar, n)
+
+
+def _autocast(cfg, backbone):
+    """Evaluation in the training precision (peftrun/precision.py)."""
+    from peftrun.precision import eval_autocast
+
+    return eval_autocast(cfg.trainer.precision, backbone.model.device)
 
 
 def _count_generation(record: dict[str, Any], split: str, prompts: list[list[int]], generated: list[list[int]],
