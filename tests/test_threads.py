@@ -7,7 +7,7 @@ import os
 import pytest
 
 from peftrun.errors import PeftrunError
-from peftrun.threads import SMALL_HIDDEN, available_cpus, cgroup_cpu_quota, check_threads, choose_threads
+from peftrun.threads import SMALL_HIDDEN, available_cpus, cgroup_cpu_quota, check_threads, choose_threads, idle_cpus
 
 
 @pytest.fixture(autouse=True)
@@ -16,6 +16,8 @@ def clean_env(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr("peftrun.threads.cgroup_cpu_quota", lambda: None)
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 0.2, 0.2))
 
 
 def test_cgroup_v2_and_v1_quota(tmp_path):
@@ -51,5 +53,11 @@ def test_choice(monkeypatch):
     assert choose_threads(3, 64)["threads"] == 3  # trainer.threads overrides
     monkeypatch.setenv("OMP_NUM_THREADS", "16")
     assert choose_threads(None, 768) == {"threads": 8, "available": 8, "reason": "OMP_NUM_THREADS"}
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.6, 1.0, 1.0))  # 6 CPUs busy: 2 left for this run
+    assert choose_threads(None, 768)["threads"] == 8  # OMP_NUM_THREADS still wins
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert choose_threads(None, 768) == {"threads": 2, "available": 8, "reason": "affinity, machine busy (load average)"}
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1})  # confined (cpuset): the load is not ours
+    assert choose_threads(None, 768)["threads"] == 2 and idle_cpus(2) is None
     with pytest.raises(PeftrunError, match="trainer.threads=0"):
         check_threads(0)
