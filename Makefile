@@ -25,8 +25,10 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check peftrun tests scripts
 
+# The whole-process benchmark (peftrun vs peft + Trainer as subprocesses); BENCH_ARGS="--configs b-lora,a-lora ..."
+BENCH_ARGS ?= --configs b-lora --steps 20 --batch 8 --eval 32 --repeats 2
 bench: $(STAMP)
-	$(BIN)/python scripts/bench_train.py
+	HF_HUB_OFFLINE=1 $(BIN)/python scripts/bench_e2e.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs multirun

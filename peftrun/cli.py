@@ -11,6 +11,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+import peftrun.timing  # noqa: F401  the process start (the kernel's start time; else this import's moment)
 from peftrun.config import CONF_DIR, register_configs
 from peftrun.errors import PeftrunError
 

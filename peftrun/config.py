@@ -166,6 +166,7 @@ class TrainerConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16
     group_by_length: bool = True
     num_workers: int = 0
+    threads: int | None = None  # torch compute threads; null = chosen from the usable CPUs (peftrun/threads.py)
     logging_steps: int = 10
     dry_run: bool = False  # build backbone + method, print and record the accounting, train nothing
     do_train: bool = True

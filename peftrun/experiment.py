@@ -23,6 +23,7 @@ from rich.console import Console
 from peftrun.errors import PeftrunError
 from peftrun.records import base_record, write_predictions, write_record
 from peftrun.rundir import check_reuse, claim, previous_record
+from peftrun.timing import PROCESS_STARTED, since_start
 
 
 class Interrupted(Exception):
@@ -47,7 +48,9 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, overrides: list[str], c
     from peftrun.formulations import build_formulation
     from peftrun.instruction.ipt import check_prompt_use
     from peftrun.lengths import check_input_lengths
+    from peftrun.precision import check_precision
     from peftrun.tasks.base import build_task
+    from peftrun.threads import check_threads
     from peftrun.validation import validate_config
 
     run_dir = Path(run_dir)
@@ -76,12 +79,15 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, overrides: list[str], c
         from peftrun.methods import apply_method, validate_method  # imports transformers: after the cheap checks
 
         validate_method(cfg.method, anatomy)
+        check_threads(cfg.trainer.threads)
+        check_precision(cfg.trainer.precision)
         if cfg.method.init_from:  # prompt transfer: the source adapter must exist before anything loads
             from peftrun.instruction.transfer import adapter_dir
 
             adapter_dir(cfg.method.init_from)
         record = base_record(run_dir, config, overrides, cfg.trainer.seed)
         record["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        record["timings"]["startup_s"] = round(started - PROCESS_STARTED, 3)  # interpreter, imports, Hydra
         save = write_record if is_main_process() else (lambda *_: None)
         try:
             with _signals_interrupt():
@@ -166,6 +172,7 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
 
     from peftrun.console import parameter_table, results_table
     from peftrun.lengths import check_input_lengths
+    from peftrun.threads import set_compute_threads
 
     set_seed(cfg.trainer.seed)
     train_examples, eval_sets, select_examples = data
@@ -173,6 +180,7 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
     dry_meta = cfg.trainer.dry_run and cfg.backbone.init == "random"
     backbone = load_backbone(cfg.backbone, cfg.paths, head=formulation.backbone_head,
                              num_labels=formulation.num_labels(), meta=dry_meta)
+    record["threads"] = set_compute_threads(cfg.trainer.threads, backbone.model, backbone.spec)
     if not lengths_checked:  # a hub id whose config.json was not cached: check on the loaded config
         check_input_lengths(cfg, backbone.kind, _length_layout(formulation.name), backbone.model.config.to_dict())
     # a head formulation's head is new: it trains (and is saved) with every method
@@ -215,7 +223,7 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
     from peftrun.instruction.multitask_head import restrict_to_member
 
     for split, examples in eval_sets.items():
-        with restrict_to_member(backbone.model, task, split, formulation.name):  # a mixture's head: its columns
+        with restrict_to_member(backbone.model, task, split, formulation.name), _autocast(cfg, backbone):
             texts, extras = formulation.predict(backbone, examples, split, record,
                                                 lambda name, total: _eval_progress(name, total, console))
         record["metrics"][split] = task.score(texts, examples)
@@ -236,6 +244,7 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
     record["peak_memory_mb"] = _peak_memory_mb(torch)
     record["status"] = "complete"
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    _throughput(record, backbone.model, eval_started + record["timings"].get("eval_s", 0.0))
     save(run_dir, record)
     console.print(results_table(record))
 
@@ -314,6 +323,7 @@ def _train(cfg, run_dir, backbone, formulation, examples, record, console, evalu
 
     from peftrun.train import (
         ConsoleProgress,
+        FirstStep,
         LogBeforeSave,
         SaveAtEnd,
         StopOnNonFinite,
@@ -325,14 +335,16 @@ def _train(cfg, run_dir, backbone, formulation, examples, record, console, evalu
         training_arguments,
     )
 
+    data_started = time.perf_counter()
     dataset, collator = formulation.training_data(backbone, examples, record)
     trainer_class, extra = formulation.trainer()
     if task is not None and task.name == "mixture":
         from peftrun.instruction.training import mixture_trainer
 
         trainer_class, extra = mixture_trainer(task, trainer_class, extra, len(dataset), record)
+    record["timings"]["train_data_s"] = round(time.perf_counter() - data_started, 3)  # tokenise (or cache hit)
     progress = ConsoleProgress(str(run_dir / "train_log.jsonl"), console)
-    stopper, divergence = StopOnSignal(), StopOnNonFinite()
+    stopper, divergence, first_step = StopOnSignal(), StopOnNonFinite(), FirstStep()
     checkpoints = str(run_dir / "checkpoints")
     resume_from = _resume_point(checkpoints, console)
     if cfg.trainer.resume and resume_from is None:
@@ -344,7 +356,7 @@ def _train(cfg, run_dir, backbone, formulation, examples, record, console, evalu
         args=training_arguments(cfg.trainer, checkpoints, True, cfg.logger, str(run_dir)),
         train_dataset=dataset,
         data_collator=collator,
-        callbacks=[progress, stopper, divergence, *_selection(cfg, evaluate), SaveAtEnd(), LogBeforeSave()],
+        callbacks=[progress, stopper, divergence, *_selection(cfg, evaluate), SaveAtEnd(), LogBeforeSave(), first_step],
         anatomy=backbone.anatomy,
         label_smoothing=cfg.trainer.label_smoothing,
         lengths=dataset.lengths,
@@ -363,6 +375,7 @@ def _train(cfg, run_dir, backbone, formulation, examples, record, console, evalu
         PHASE["name"] = "training"
         trainer.train(resume_from_checkpoint=resume_from)
     train_s = time.perf_counter() - t0
+    record["timings"]["to_first_step_s"] = first_step.since_process_start
     if stopper.received is not None:
         raise Interrupted(f"stopped by signal {stopper.received} at step {trainer.state.global_step}; "
                           "checkpoint saved, run the same command again to resume", stopper.received)
@@ -433,6 +446,34 @@ def _eval_progress(split: str, total: int, console: Console):
                   console=console) as progress:
         bar = progress.add_task(split, total=total)
         yield lambda n: progress.advance(bar, n)
+
+
+def _autocast(cfg, backbone):
+    """Evaluation in the training precision (peftrun/precision.py)."""
+    from peftrun.precision import eval_autocast
+
+    return eval_autocast(cfg.trainer.precision, backbone.model.device)
+
+
+def _throughput(record: dict[str, Any], model, last_prediction: float) -> None:
+    """Tokens/s and model FLOP/s (peftrun/timing.py: 6N per trained token, 2N per generated or prompt token,
+    N = non-embedding parameters), the time from the last prediction to now, and the total since process start."""
+    from peftrun.timing import model_flops_per_s, non_embedding_params
+
+    timings = record["timings"]
+    params = non_embedding_params(model)
+    timings["flops_params"] = params
+    tokens = record.get("train", {}).get("tokens")
+    if tokens and timings.get("train_s"):
+        timings["train_model_flops_per_s"] = round(model_flops_per_s(params, tokens, timings["train_s"], 6))
+    splits = [d for d in record["data"].values() if "generated_tokens" in d]
+    if splits and timings.get("generate_s"):
+        generated = sum(d["generated_tokens"] for d in splits)
+        processed = generated + sum(d["prompt_tokens"] for d in splits)
+        timings["generated_tokens_per_s"] = round(generated / max(timings["generate_s"], 1e-9), 1)
+        timings["generate_model_flops_per_s"] = round(model_flops_per_s(params, processed, timings["generate_s"], 2))
+    timings["finish_s"] = round(time.perf_counter() - last_prediction, 3)  # scoring done: records, predictions
+    timings["total_s"] = round(since_start(), 3)  # process start -> final record; the exit follows
 
 
 def _peak_memory_mb(torch) -> float:

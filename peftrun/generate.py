@@ -41,7 +41,11 @@ def generate_texts(
     on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Decoded continuations of `prompts` (token ids in the layout of peftrun.data), in input order."""
-    ids = generate_ids(model, tokenizer, kind, prompts, gen_cfg, on_batch)
+    return decode_texts(tokenizer, generate_ids(model, tokenizer, kind, prompts, gen_cfg, on_batch))
+
+
+def decode_texts(tokenizer: Any, ids: list[list[int]]) -> list[str]:
+    """Generated ids -> prediction texts (special tokens dropped, whitespace stripped)."""
     return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
 
 

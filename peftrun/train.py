@@ -295,6 +295,19 @@ def configure_logger(logger_cfg: Any, run_dir: str | None) -> str:
     return backend
 
 
+class FirstStep(TrainerCallback):
+    """Seconds from the process start to the first training step of this session (the record's to_first_step_s)."""
+
+    def __init__(self) -> None:
+        self.since_process_start: float | None = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.since_process_start is None:
+            from peftrun.timing import since_start
+
+            self.since_process_start = round(since_start(), 3)
+
+
 class ConsoleProgress(TrainerCallback):
     """A rich progress bar with loss, learning rate and ETA; appends every log to train_log.jsonl.
 

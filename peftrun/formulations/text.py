@@ -55,22 +55,33 @@ class TextFormulation:
         """Generated texts; with a prompt whose template has options, a text naming an option becomes that
         option's label string (what task.score reads)."""
         from peftrun.data import tokenize_examples
-        from peftrun.generate import generate_texts
-
         cfg = self.cfg
         if self.prompting is None:
             prompts = tokenize_examples(examples, backbone.tokenizer, backbone.kind, cfg.task.max_source_length,
                                         cfg.task.max_target_length, cfg.paths.cache_dir, with_target=False)
             record["data"][split] = {"examples": len(prompts), "truncated_sources": prompts.truncated_sources}
             with progress(split, len(prompts)) as advance:
-                return generate_texts(backbone.model, backbone.tokenizer, backbone.kind, prompts.input_ids,
-                                      cfg.task.generation, on_batch=advance), None
+                return _generate(backbone, prompts.input_ids, cfg, advance, record, split), None
         prompted, ids = build_prompted(cfg, self.prompting, backbone, examples, split, record)
         with progress(split, len(ids)) as advance:
-            texts = generate_texts(backbone.model, backbone.tokenizer, backbone.kind, ids, cfg.task.generation,
-                                   on_batch=advance)
+            texts = _generate(backbone, ids, cfg, advance, record, split)
         return [option_label(self.task, p, text) for p, text in zip(prompted, texts, strict=True)], \
             [{"demonstrations": p.demonstrations} for p in prompted]
+
+
+def _generate(backbone: Any, ids: list[list[int]], cfg: Any, advance: Any, record: dict[str, Any],
+              split: str) -> list[str]:
+    """Generated texts of prompt ids; token counts and generation time go into the record (peftrun/timing.py)."""
+    import time
+
+    from peftrun.generate import decode_texts, generate_ids
+    from peftrun.timing import count_generation
+
+    started = time.perf_counter()
+    generated = generate_ids(backbone.model, backbone.tokenizer, backbone.kind, ids, cfg.task.generation,
+                             on_batch=advance)
+    count_generation(record, split, ids, generated, time.perf_counter() - started)
+    return decode_texts(backbone.tokenizer, generated)
 
 
 def build_prompted(cfg: Any, prompting: Prompting, backbone: Any, examples: list[Any], split: str,
