@@ -311,7 +311,8 @@ def _selection_evaluator(cfg, backbone, task, formulation, examples):
     quiet = Console(quiet=True)
 
     def evaluate() -> float:
-        texts, _ = formulation.predict(backbone, examples, cfg.trainer.select_split, {"data": {}},
+        scratch = {"data": {}, "timings": {}}  # selection passes leave the run record's counts and timings alone
+        texts, _ = formulation.predict(backbone, examples, cfg.trainer.select_split, scratch,
                                        lambda name, total: _eval_progress(name, total, quiet))
         return task.score(texts, examples)[cfg.trainer.select_metric]
 
