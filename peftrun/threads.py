@@ -8,20 +8,26 @@ cores, which oversubscribes a container or a Slurm allocation.
 Small models (residual width below SMALL_HIDDEN) get one thread: their matmuls are too small to split, and
 each parallel region ends in a barrier where a thread waits for its partner; when another process holds the
 other core, that wait is a whole scheduler slice per op. Measured (scripts/bench_threads.py, default tiny run,
-docs/ARCHITECTURE.md "Benchmarks"): one thread trains tiny-gpt2 2.5x faster alone and >10x faster on a busy
-machine. Larger models get the usable CPUs minus those already busy when the process may use the whole machine (the
-1-minute load average; a shared VM): two threads on two cores beside a busy neighbour evaluated GPT-2 in 51 s,
-one thread in 18 s. `trainer.threads` (an integer) overrides the choice; OMP_NUM_THREADS set by the user is respected.
+docs/ARCHITECTURE.md "Benchmarks"): one thread trains tiny-gpt2 (hidden 64, also 256) 2.5x faster alone and >10x
+faster on a busy machine; MiniLM-L6 (hidden 384) trains 1.7x faster on two threads than on one, alone.
+Larger models get the usable CPUs minus those other processes keep busy, when the process may use the whole
+machine (a shared VM): two threads on two cores beside a busy neighbour evaluated GPT-2 in 51 s, one thread in
+18 s. "Busy" is sampled now from /proc/stat over BUSY_WINDOW_S, minus this process's own CPU time: the 1-minute
+load average (the fallback where /proc/stat is unreadable) still counts the previous job of a sweep, or this
+process's own model loading, and so halved the threads of every sweep job after the first on a quiet machine.
+`trainer.threads` (an integer) overrides the choice; OMP_NUM_THREADS set by the user is respected.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
-SMALL_HIDDEN = 512  # residual width below which one thread is used (hidden 64 and 256 measured faster on one)
+SMALL_HIDDEN = 384  # residual width below which one thread is used (64 and 256 faster on one; 384 faster on two)
+BUSY_WINDOW_S = 0.2  # how long other processes' CPU use is sampled
 
 
 def available_cpus() -> tuple[int, str]:
@@ -74,17 +80,37 @@ def choose_threads(requested: int | None, hidden: int | None) -> dict[str, Any]:
         return {"threads": 1, "available": available, "reason": f"hidden {hidden} < {SMALL_HIDDEN}"}
     idle = idle_cpus(available)
     if idle is not None and idle < available:
-        return {"threads": max(1, idle), "available": available, "reason": f"{limit}, machine busy (load average)"}
+        return {"threads": max(1, idle), "available": available, "reason": f"{limit}, machine busy"}
     return {"threads": available, "available": available, "reason": limit}
 
 
 def idle_cpus(available: int) -> int | None:
-    """CPUs not already busy, from the 1-minute load average, when this process may use every CPU of the machine
-    (a shared workstation or VM); None when confined to a share of it (cpuset, Slurm): then the load average counts
-    other jobs' CPUs."""
-    if available < (os.cpu_count() or 1) or not hasattr(os, "getloadavg"):
+    """CPUs not kept busy by other processes, when this process may use every CPU of the machine (a shared
+    workstation or VM); None when confined to a share of it (cpuset, Slurm): the machine's load is then other jobs'."""
+    if available < (os.cpu_count() or 1):
         return None
-    return available - int(os.getloadavg()[0] + 0.5)
+    busy = busy_elsewhere()
+    if busy is None:
+        return None
+    return available - int(busy + 0.5)
+
+
+def busy_elsewhere(window: float = BUSY_WINDOW_S, stat: str = "/proc/stat") -> float | None:
+    """CPUs other processes keep busy: the machine's busy CPU time over `window` seconds minus this process's own,
+    per second. Falls back to the 1-minute load average where /proc/stat cannot be read; None if neither exists."""
+    def busy_seconds() -> float:
+        with open(stat, encoding="ascii") as handle:
+            fields = [int(value) for value in handle.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is already in user
+
+    try:
+        machine, own, clock = busy_seconds(), time.process_time(), time.monotonic()
+        time.sleep(window)
+        machine, own = busy_seconds() - machine, time.process_time() - own
+        return max(0.0, (machine - own) / (time.monotonic() - clock))
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 def check_threads(requested: int | None) -> None:
