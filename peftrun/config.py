@@ -204,6 +204,8 @@ class ScoreConfig:
     split: str = "test"
     predictions: str = "???"
     output: str | None = None
+    normalize: str | None = None  # rank runs' predictions.jsonl: re-decide each row by sum | mean (null = as saved)
+    calibrate: bool | None = None  # ... with / without contextual calibration (null = as saved)
 
 
 def register_configs() -> None:

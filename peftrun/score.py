@@ -14,6 +14,10 @@ JSONL/TSV lines are matched to examples by input (the k-th line for an input goe
 input; one line for an input shared by several examples serves them all). Unmatched lines or examples left without
 a prediction are an error that says how many and shows the first. Metrics print as a table; `output` also writes
 them as JSON (atomically, peftrun/io.py).
+
+Rank classification runs keep each option's scores in predictions.jsonl; `normalize=sum|mean` and / or
+`calibrate=true|false` re-decide every such row (peftrun/formulations/options.py) before scoring, so one run gives
+all four decision rules.
 """
 
 from __future__ import annotations
@@ -34,19 +38,29 @@ from peftrun.io import atomic_write_json
 register_configs()
 
 
-def score_file(task_cfg: Any, data_dir: str | None, split: str, predictions_path: str) -> dict[str, float]:
+def score_file(task_cfg: Any, data_dir: str | None, split: str, predictions_path: str,
+               rule: Rule | None = None) -> dict[str, float]:
     """The task's metrics for the predictions in `predictions_path` on the grouped examples of `split`."""
     from peftrun.tasks.base import build_task
 
     task = build_task(task_cfg, data_dir)
     examples = task.load(split, grouped=True)
-    predictions = read_predictions(Path(predictions_path), examples, f"task {task.name} split {split}", split)
+    predictions = read_predictions(Path(predictions_path), examples, f"task {task.name} split {split}", split, rule)
     return task.score(predictions, examples)
 
 
-def read_predictions(path: Path, examples: list[Any], where: str, split: str | None = None) -> list[str]:
+class Rule(NamedTuple):
+    """A rank classification decision rule to re-decide saved rows by (None fields: as the run decided)."""
+
+    normalize: str | None = None
+    calibrate: bool | None = None
+
+
+def read_predictions(path: Path, examples: list[Any], where: str, split: str | None = None,
+                     rule: Rule | None = None) -> list[str]:
     """Predictions aligned with `examples`, from a text, JSONL or TSV file (see the module doc). JSONL lines whose
-    "split" field names another split than `split` are ignored (a run's predictions.jsonl holds every eval split)."""
+    "split" field names another split than `split` are ignored (a run's predictions.jsonl holds every eval split).
+    With a `rule`, JSONL rows of a rank run are re-decided by it."""
     if not path.is_file():
         raise PeftrunError(f"predictions file {path} not found; set predictions=FILE")
     lines = read_utf8(path, "the predictions file").split("\n")
@@ -55,6 +69,9 @@ def read_predictions(path: Path, examples: list[Any], where: str, split: str | N
     lines = [line.removesuffix("\r") for line in lines]
     index = _input_index(examples)
     kind = _detect(path, lines, index)
+    if rule is not None and kind != "jsonl":
+        raise PeftrunError(f"{path}: normalize / calibrate re-decide a rank run's predictions.jsonl rows; this file "
+                           "is not JSONL")
     if kind == "text":
         if len(lines) != len(examples):
             raise PeftrunError(
@@ -63,7 +80,7 @@ def read_predictions(path: Path, examples: list[Any], where: str, split: str | N
             )
         return lines
     ids = {example.id for example in examples}
-    records = _jsonl_records(path, lines, split, ids) if kind == "jsonl" else _tsv_records(lines, index)
+    records = _jsonl_records(path, lines, split, ids, rule) if kind == "jsonl" else _tsv_records(lines, index)
     return _match(path, records, examples, index, where)
 
 
@@ -138,7 +155,8 @@ def _tsv_records(lines: list[str], index: dict[str, list[int]]) -> list[Line]:
     return records
 
 
-def _jsonl_records(path: Path, lines: list[str], split: str | None, ids: set[str]) -> list[Line]:
+def _jsonl_records(path: Path, lines: list[str], split: str | None, ids: set[str],
+                   rule: Rule | None = None) -> list[Line]:
     """One Line per object; keyed by "id" when it names an example (one line, one example), else by "input"."""
     records = []
     for number, line in enumerate(lines, start=1):
@@ -152,10 +170,27 @@ def _jsonl_records(path: Path, lines: list[str], split: str | None, ids: set[str
             raise PeftrunError(f'{path} line {number} has no string "prediction" field: {line[:120]}')
         if split is not None and obj.get("split", split) != split:
             continue
+        if rule is not None:
+            obj["prediction"] = _redecide(path, number, obj, rule)
         by_id = obj.get("id") is not None and str(obj["id"]) in ids
         key = str(obj["id"]) if by_id else obj.get("input") if isinstance(obj.get("input"), str) else obj.get("id")
         records.append(Line(number, line, None if key is None else str(key), obj["prediction"], by_id))
     return records
+
+
+def _redecide(path: Path, number: int, row: dict[str, Any], rule: Rule) -> str:
+    """The row's prediction under `rule` (peftrun/formulations/options.py); unset fields keep the run's choice."""
+    from peftrun.formulations.options import rechoose
+
+    if not isinstance(row.get("scores"), dict) or not isinstance(row.get("option_labels"), list):
+        raise PeftrunError(f"{path} line {number} has no option scores (\"scores\", \"option_labels\"): only a rank "
+                           "run's predictions (task.formulation=rank) can be re-decided")
+    normalize = rule.normalize or row.get("normalize") or "sum"
+    calibrate = rule.calibrate if rule.calibrate is not None else row.get("content_free") is not None
+    try:
+        return rechoose(row, normalize, calibrate)
+    except (ValueError, KeyError, IndexError, TypeError) as err:
+        raise PeftrunError(f"{path} line {number}: {err}") from err
 
 
 def _match(path: Path, records: list[Line], examples: list[Any], index: dict[str, list[int]], where: str) -> list[str]:
@@ -211,7 +246,8 @@ def main(cfg: DictConfig) -> None:
     try:
         if OmegaConf.is_missing(cfg, "predictions"):
             raise PeftrunError("no predictions file given; set predictions=FILE")
-        scores = score_file(cfg.task, cfg.paths.data_dir, cfg.split, cfg.predictions)
+        rule = None if cfg.normalize is None and cfg.calibrate is None else Rule(cfg.normalize, cfg.calibrate)
+        scores = score_file(cfg.task, cfg.paths.data_dir, cfg.split, cfg.predictions, rule)
         if cfg.output:
             payload = {"task": cfg.task.name, "split": cfg.split, "predictions": str(Path(cfg.predictions).resolve()),
                        "metrics": scores}

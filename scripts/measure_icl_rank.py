@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from peftrun.config import CONF_DIR, register_configs
 from peftrun.formulations import Prompting, build_formulation
-from peftrun.formulations.rank import rechoose
+from peftrun.formulations.options import rechoose
 from peftrun.prompting.build import PromptBuilder
 from peftrun.tasks.base import build_task
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,13 +14,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from peftrun.config import CONF_DIR, register_configs
-from peftrun.formulations.rank import (
-    choose,
-    option_logprobs,
-    option_logprobs_reference,
-    option_scores,
-    rechoose,
-)
+from peftrun.formulations.options import choose, rechoose
+from peftrun.formulations.rank import option_logprobs, option_logprobs_reference, option_scores
+from tests.conftest import ROOT
 from tests.test_cli import peftrun, read_json
 
 register_configs()
@@ -91,6 +89,22 @@ def test_icl_rank_run_trains_nothing_and_records_its_prompts(tmp_path: Path, bac
         best = choose(row["scores"], "sum", row["content_free"])
         assert row["prediction"] == row["options"][best] == rechoose(row, "sum", calibrate=True)
         assert rechoose(row, "mean") == row["option_labels"][choose(row["scores"], "mean")]
+        assert row["normalize"] == "sum"
+    # peftrun-score re-decides the saved rows under each rule; as saved = the run's own accuracy
+    accuracy = {}
+    for rule in ([], ["calibrate=false"], ["normalize=mean"], ["normalize=mean", "calibrate=true"]):
+        out = tmp_path / f"scores{len(accuracy)}.json"
+        proc = subprocess.run([sys.executable, "-m", "peftrun.score", "task=rte", "task.data_dir=builtin",
+                               "split=validation", f"predictions={run_dir / 'predictions.jsonl'}", f"output={out}",
+                               *rule], capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        accuracy[" ".join(rule)] = read_json(out)["metrics"]["accuracy"]
+    assert accuracy[""] == record["metrics"]["validation"]["accuracy"]
+    golds = {row["id"]: row["references"][0] for row in rows}
+    uncalibrated = sum(rechoose(row, "sum") == golds[row["id"]] for row in rows) / len(rows) * 100
+    mean_calibrated = sum(rechoose(row, "mean", True) == golds[row["id"]] for row in rows) / len(rows) * 100
+    assert accuracy["calibrate=false"] == pytest.approx(uncalibrated)
+    assert accuracy["normalize=mean calibrate=true"] == pytest.approx(mean_calibrated)
 
 
 def test_prompt_none_leaves_the_record_and_predictions_as_before(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-NORMALIZATIONS = ("sum", "mean")
+from peftrun.formulations.options import choose
 
 
 def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
@@ -102,17 +102,6 @@ def option_scores(token_logprobs: list[list[float]]) -> dict[str, list[float]]:
     return {"sum": sums, "mean": [s / max(len(t), 1) for s, t in zip(sums, token_logprobs, strict=True)]}
 
 
-def choose(scores: dict[str, list[float]], normalize: str = "sum",
-           content_free: dict[str, list[float]] | None = None) -> int:
-    """The chosen option: argmax of the `normalize` score, calibrated by the content-free scores when given.
-    (peftrun-score can re-choose from the scores predictions.jsonl keeps.)"""
-    values = torch.tensor(scores[normalize], dtype=torch.float64)
-    logp = values.log_softmax(0)
-    if content_free is not None:
-        logp = logp - torch.tensor(content_free[normalize], dtype=torch.float64).log_softmax(0)
-    return int(logp.argmax())
-
-
 class RankFormulation:
     """Rank classification over a task's options (SuperGLUE verbalizers, COPA choices, ReCoRD entities, a
     template's answer choices); trains like the text formulation (target-only LM loss), so any method can be
@@ -186,7 +175,7 @@ class RankFormulation:
             for i, opts in enumerate(options):
                 ids = [answer_ids(tok, kind, o, natural, sep, target_cut) for o in opts]
                 scores = option_scores(score(model, kind, contexts[i], ids, tok.pad_token_id, start))
-                extra: dict[str, Any] = {"options": list(opts), "scores": scores}
+                extra: dict[str, Any] = {"options": list(opts), "scores": scores, "normalize": self.normalize}
                 calibration = None
                 if free is not None:
                     calibration = option_scores(score(model, kind, free[i], ids, tok.pad_token_id, start))
@@ -201,12 +190,3 @@ class RankFormulation:
             # what task.score reads for each option: re-choosing from the scores needs no task knowledge
             extra["option_labels"] = label_strings(self.task, [ex] * len(opts), list(range(len(opts))), head)
         return label_strings(self.task, examples, chosen, head), extras
-
-
-def rechoose(row: dict[str, Any], normalize: str = "sum", calibrate: bool = False) -> str:
-    """A predictions.jsonl row of a rank run re-decided: the label string of the best option under another
-    normalisation or with / without calibration (calibration needs the run's content-free scores)."""
-    content_free = row.get("content_free") if calibrate else None
-    if calibrate and content_free is None:
-        raise ValueError("this row has no content-free scores; rerun with prompt.calibrate=true")
-    return row["option_labels"][choose(row["scores"], normalize, content_free)]

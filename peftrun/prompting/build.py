@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from peftrun.errors import PeftrunError
+from peftrun.formulations.options import NORMALIZATIONS
 from peftrun.prompting.retrieval import RETRIEVERS, rank_pool
 from peftrun.prompting.templates import (
     PLAIN,
@@ -72,8 +73,8 @@ class PromptBuilder:
             raise PeftrunError(f"prompt.order={cfg.order!r}; known: {', '.join(ORDERS)}")
         if cfg.retriever not in RETRIEVERS:
             raise PeftrunError(f"prompt.retriever={cfg.retriever!r}; known: {', '.join(RETRIEVERS)}")
-        if cfg.normalize not in ("sum", "mean"):
-            raise PeftrunError(f"prompt.normalize={cfg.normalize!r}; known: sum, mean")
+        if cfg.normalize not in NORMALIZATIONS:
+            raise PeftrunError(f"prompt.normalize={cfg.normalize!r}; known: {', '.join(NORMALIZATIONS)}")
         if cfg.k < 0:
             raise PeftrunError(f"prompt.k={cfg.k}; give a number of demonstrations >= 0")
         if cfg.max_tokens is not None and cfg.max_tokens <= 0:
