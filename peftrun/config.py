@@ -29,7 +29,7 @@ class BackboneConfig:
     name: str = "tiny-gpt2"
     family: str = "gpt2"  # gpt2 | bart | t5 | bert (roberta = bert family)
     source: str = "tiny"  # hub id, local directory, or "tiny" (built offline from `tiny` below)
-    init: str = "pretrained"  # pretrained | random (architecture from `config_path`, random weights)
+    init: str = "pretrained"  # pretrained | random (architecture from `config_path`, random weights) | corpus (tiny)
     config_path: str | None = None  # config.json (or its folder) for init=random
     tokenizer: str | None = None  # tokenizer source when it differs from `source`
     revision: str | None = None  # hub revision, recorded for reproducibility

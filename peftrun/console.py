@@ -41,7 +41,22 @@ def results_table(record: dict[str, Any]) -> Group:
         f"{record.get('run_name')}: trainable {params.get('trainable', 0):,} ({params.get('trainable_pct', 0):.4f}% of backbone), "
         f"saved {params.get('saved', 0):,}; train {timings.get('train_s', 0)} s, eval {timings.get('eval_s', 0)} s"
     )
-    return Group(_metrics_table(record), summary)
+    hint = real_checkpoint_hint(record)
+    return Group(_metrics_table(record), summary, *([hint] if hint else []))
+
+
+def real_checkpoint_hint(record: dict[str, Any]) -> str | None:
+    """For a run on a tiny offline backbone: the one command that runs the same method on a real checkpoint
+    (a decoder LM for text tasks, a BERT encoder for head formulations; README "Real pretrained checkpoints")."""
+    config = record.get("config") or {}
+    backbone, method, task = config.get("backbone") or {}, config.get("method") or {}, config.get("task") or {}
+    if backbone.get("source") != "tiny" or not method.get("name") or not task.get("name"):
+        return None
+    encoder = backbone.get("family") == "bert" or task.get("formulation") == "head"
+    real = "minilm-l6" if encoder else "smollm2-135m-instruct"
+    data = f" task.data_dir={task['data_dir']}" if task.get("data_dir") and task["data_dir"] != "builtin" else ""
+    return (f"the same on a real checkpoint: peftrun backbone={real} method={method['name']} task={task['name']}"
+            f"{data}  (weights: README, 'Real pretrained checkpoints')")
 
 
 def _metrics_table(record: dict[str, Any]) -> Table:

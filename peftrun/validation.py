@@ -34,10 +34,23 @@ WIDTH_KEYS = ("n_embd", "d_model", "hidden_size")  # the model width in config.j
 def validate_config(cfg: DictConfig) -> None:
     """Raise one PeftrunError line for the first value the run cannot honour (see module docstring)."""
     check_known_keys(cfg)
+    check_init(cfg.backbone)
     check_trainer(cfg.trainer)
     check_task(cfg.task)
     check_generation(cfg.task.generation)
     check_method_values(cfg)
+
+
+INITS = ("pretrained", "random", "corpus")
+
+
+def check_init(cfg: Any) -> None:
+    """backbone.init is known; `corpus` (pretrained offline on the built-in corpus) is for tiny backbones only."""
+    if cfg.init not in INITS:
+        raise PeftrunError(f"backbone.init={cfg.init!r}; allowed: {', '.join(INITS)}")
+    if cfg.init == "corpus" and cfg.source != "tiny":
+        raise PeftrunError(f"backbone.init=corpus pretrains a tiny backbone offline; backbone {cfg.name!r} has "
+                           f"source {cfg.source!r}: use backbone.init=pretrained or random")
 
 
 def check_group_choices(choices: dict[str, str | None], conf_dir: str | Path) -> None:

@@ -41,11 +41,11 @@ def test_a_failing_job_is_recorded_and_the_others_complete_then_a_rerun_skips_th
               "such a value")
     assert f"job 1 failed: {bad_lr}" in proc.stdout  # refused before any work (peftrun/validation.py)
     records = _records(sweep)
-    assert sorted(records) == ["0_tiny-gpt2_lora_synthetic", "1_tiny-gpt2_lora_synthetic", "2_tiny-gpt2_lora_synthetic"]
-    failed = records["1_tiny-gpt2_lora_synthetic"]
+    assert sorted(records) == ["0_tiny-gpt2-pretrained_lora_synthetic", "1_tiny-gpt2-pretrained_lora_synthetic", "2_tiny-gpt2-pretrained_lora_synthetic"]
+    failed = records["1_tiny-gpt2-pretrained_lora_synthetic"]
     assert failed["status"] == "failed" and failed["error"] == f"PeftrunError: {bad_lr}"
     assert failed["config"]["trainer"]["lr"] == -1.0
-    for name in ("0_tiny-gpt2_lora_synthetic", "2_tiny-gpt2_lora_synthetic"):  # job 2 ran after the failure
+    for name in ("0_tiny-gpt2-pretrained_lora_synthetic", "2_tiny-gpt2-pretrained_lora_synthetic"):  # job 2 ran after the failure
         assert records[name]["status"] == "complete" and records[name]["train"]["steps"] == 4
         assert set(records[name]["metrics"]["validation"]) == {"bleu", "chrf"}
 
@@ -58,9 +58,9 @@ def test_a_failing_job_is_recorded_and_the_others_complete_then_a_rerun_skips_th
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("already complete with this config; skipping") == 2
     assert f"job 1 failed: {bad_lr}" in proc.stdout  # the failed job is tried again
-    for name in ("0_tiny-gpt2_lora_synthetic", "2_tiny-gpt2_lora_synthetic"):
+    for name in ("0_tiny-gpt2-pretrained_lora_synthetic", "2_tiny-gpt2-pretrained_lora_synthetic"):
         assert (sweep / name / "results.json").read_bytes() == before[name]
-    assert _records(sweep)["1_tiny-gpt2_lora_synthetic"]["status"] == "failed"
+    assert _records(sweep)["1_tiny-gpt2-pretrained_lora_synthetic"]["status"] == "failed"
 
 
 def test_a_job_failing_validation_gets_a_failed_record(tmp_path: Path) -> None:
@@ -69,9 +69,9 @@ def test_a_job_failing_validation_gets_a_failed_record(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "job 0 failed: unknown task 'nosuchtask'" in proc.stdout
     records = _records(sweep)
-    bad, good = records["0_tiny-gpt2_lora_nosuchtask"], records["1_tiny-gpt2_lora_synthetic"]
+    bad, good = records["0_tiny-gpt2-pretrained_lora_nosuchtask"], records["1_tiny-gpt2-pretrained_lora_synthetic"]
     assert bad["status"] == "failed" and bad["error"].startswith("PeftrunError: unknown task 'nosuchtask'")
-    assert bad["config"]["task"]["name"] == "nosuchtask" and bad["run_dir"] == str(sweep / "0_tiny-gpt2_lora_nosuchtask")
+    assert bad["config"]["task"]["name"] == "nosuchtask" and bad["run_dir"] == str(sweep / "0_tiny-gpt2-pretrained_lora_nosuchtask")
     assert good["status"] == "complete"
     report = build_report(find_records(sweep))
     assert len(report.rows) == 1 and [f.task for f in report.failures] == ["nosuchtask"]

@@ -115,11 +115,17 @@ def _triple_pair(rng: random.Random) -> str:
     return " && ".join(triples) + "\n" + " ".join(text)
 
 
-def corpus_text(lines: int = 3000) -> str:
-    """The training text: `lines` generated task-like lines plus fixed prose and SQL (deterministic)."""
+def corpus_documents(lines: int = 3000) -> list[str]:
+    """The corpus as documents: fixed prose and SQL, then `lines` generated task-like pairs (a meaning
+    representation or triples, a newline, their text), then number lines (deterministic)."""
     rng = random.Random(20240611)
     parts = [_PROSE, *_SQL]
     for index in range(lines):
         parts.append(_e2e_pair(rng) if index % 2 == 0 else _triple_pair(rng))
     parts.extend(f"{n} {n * 7} {n / 4:.2f} {1900 + n}" for n in range(0, 200, 3))
-    return "\n".join(parts) + "\n"
+    return parts
+
+
+def corpus_text(lines: int = 3000) -> str:
+    """The tokenizer's training text: the documents one after another (deterministic)."""
+    return "\n".join(corpus_documents(lines)) + "\n"

@@ -85,8 +85,9 @@ def load_backbone(
     family = get_family(cfg.family)
     auto_name = family.auto_class_name(head)
     dtype = _dtype(cfg)
-    if cfg.init not in ("pretrained", "random"):
-        raise PeftrunError(f"backbone.init={cfg.init!r}; allowed: pretrained, random")
+    from peftrun.validation import check_init
+
+    check_init(cfg)
     if head in ("classification", "token") and num_labels is not None and num_labels < 1:
         raise PeftrunError(f"num_labels must be >= 1 for a {head} head, got {num_labels}")
 
@@ -140,7 +141,15 @@ def _load_tiny(cfg: BackboneConfig, paths: PathsConfig, family: Family, auto_nam
     model = _build(auto_name, config, meta)
     facts = {"init": "tiny", "seed": INIT_SEED, "tiny_overrides": dict(cfg.tiny),
              "tokenizer": f"tiny byte-level BPE ({tokenizer.name_or_path})"}
+    if cfg.init == "corpus" and not meta:
+        from peftrun.backbones.tiny_pretrain import RECIPE, load_pretrained_body, pretrained_tiny_state
+
+        lm_config = tiny_config(family.name, tokenizer, dict(cfg.tiny))
+        load_pretrained_body(model, pretrained_tiny_state(family.name, family.anatomy.kind, lm_config, tokenizer,
+                                                          paths.cache_dir))
+        facts.update(init="tiny, pretrained on the built-in corpus", pretrain_recipe=dict(RECIPE))
     return model, tokenizer, facts
+
 
 
 def _load_from_config(cfg: BackboneConfig, paths: PathsConfig, family: Family, auto_name: str,
