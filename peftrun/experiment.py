@@ -23,7 +23,7 @@ from rich.console import Console
 from peftrun.errors import PeftrunError
 from peftrun.records import base_record, write_predictions, write_record
 from peftrun.rundir import check_reuse, claim, previous_record
-from peftrun.timing import PROCESS_STARTED, since_start
+from peftrun.timing import since_start, start_job
 
 
 class Interrupted(Exception):
@@ -54,6 +54,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, overrides: list[str], c
     from peftrun.validation import validate_config
 
     run_dir = Path(run_dir)
+    job_started = start_job()  # the process start, or this sweep job's start
     started = time.perf_counter()
     validate_config(cfg)  # values and names, from the config alone
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -87,7 +88,7 @@ def run_experiment(cfg: DictConfig, run_dir: str | Path, overrides: list[str], c
             adapter_dir(cfg.method.init_from)
         record = base_record(run_dir, config, overrides, cfg.trainer.seed)
         record["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        record["timings"]["startup_s"] = round(started - PROCESS_STARTED, 3)  # interpreter, imports, Hydra
+        record["timings"]["startup_s"] = round(started - job_started, 3)  # interpreter, imports, Hydra (1st job)
         save = write_record if is_main_process() else (lambda *_: None)
         try:
             with _signals_interrupt():

@@ -13,7 +13,7 @@ results.json schema (version 1):
   peftrun/timing.py), setup_s (run -> model ready), train_data_s, to_first_step_s (process start -> first step),
   train_s, train_tokens_per_s, generate_s, generated_tokens_per_s, eval_s, eval_examples_per_s, flops_params
   (non-embedding N), train_model_flops_per_s (6 N tokens / train_s), generate_model_flops_per_s (2 N (prompt +
-  generated tokens) / generate_s), finish_s (last prediction -> final record), total_s (process start -> final
+  generated tokens) / generate_s), finish_s (last prediction -> final record), total_s (process start, or a later sweep job's start, -> final
   record)}, threads {threads, available, reason} (peftrun/threads.py), train {steps, final_loss, train_loss (mean over all steps),
   tokens, resumed_from (checkpoint or null)}, peak_memory_mb, seed,
   versions {python, torch, transformers, peftrun, ...}, git {commit, dirty}, host, started, finished.

@@ -32,11 +32,21 @@ def _process_started() -> float:
 
 
 PROCESS_STARTED = _process_started()
+_job = {"started": PROCESS_STARTED, "count": 0}
+
+
+def start_job() -> float:
+    """This job's clock start: the process start for the first job, now for every later job of a sweep (`-m`
+    runs its jobs one after another in one process, so the process start would count the earlier jobs)."""
+    if _job["count"]:
+        _job["started"] = time.perf_counter()
+    _job["count"] += 1
+    return _job["started"]
 
 
 def since_start() -> float:
-    """Seconds since the process started."""
-    return time.perf_counter() - PROCESS_STARTED
+    """Seconds since this job started (start_job)."""
+    return time.perf_counter() - _job["started"]
 
 
 def non_embedding_params(model: Any) -> int:

@@ -47,3 +47,19 @@ def test_record_timings_cover_the_run(tmp_path: Path) -> None:
     assert t["generated_tokens_per_s"] == round(validation["generated_tokens"] / t["generate_s"], 1)
     assert t["train_model_flops_per_s"] == round(6 * t["flops_params"] * record["train"]["tokens"] / t["train_s"])
     assert record["threads"]["threads"] >= 1
+
+
+def test_each_sweep_job_times_itself_not_the_jobs_before_it(tmp_path: Path) -> None:
+    """`-m` runs the jobs in one process: a later job's clock starts at that job, not at the process start."""
+    sweep = tmp_path / "sweep"
+    proc = peftrun("-m", *FAST, "task.max_train_examples=32", "logger=none", "trainer.seed=1,2,3",
+                   f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = sorted(sweep.glob("*/results.json"))
+    timings = [json.loads(path.read_text())["timings"] for path in records]
+    assert len(timings) == 3
+    first_job = timings[0]["total_s"]
+    for t in timings[1:]:
+        assert t["startup_s"] < 0.5 * timings[0]["startup_s"]  # no interpreter start, no imports
+        assert t["total_s"] < first_job + 0.5 * first_job  # not the sum of the jobs so far
+        assert t["startup_s"] + t["setup_s"] <= t["to_first_step_s"] < t["total_s"]
