@@ -384,7 +384,8 @@ def test_every_backbone_yaml_matches_the_schema_and_its_name(paths: PathsConfig)
         cfg = yaml_config(name)
         assert cfg.name == name and cfg.family in FAMILIES
         if cfg.source == "tiny":
-            assert load_backbone(cfg, paths).description["init"] == "tiny"
+            expected = "tiny, pretrained on the built-in corpus" if cfg.init == "corpus" else "tiny"
+            assert load_backbone(cfg, paths).description["init"] == expected
         else:
             assert cfg.config_path == str(DATA_DIR / "configs" / name) and cfg.tokenizer is None
             for local in (cfg.gguf_file, cfg.local_dir):  # local checkpoints live under paths.models_dir
