@@ -51,6 +51,7 @@ class Row:
     run_dirs: list[str] = field(default_factory=list)
     metrics: dict[str, list[float]] = field(default_factory=dict)
     train_s: list[float] = field(default_factory=list)
+    wall_s: list[float] = field(default_factory=list)  # timings.total_s: the job's start to its final record
     params: dict[str, list[float]] = field(default_factory=dict)
     dtype: str | None = None
     variant_items: list[tuple[str, Any]] = field(default_factory=list)  # config keys telling it from its siblings
@@ -173,9 +174,10 @@ def _add_run(row: Row, record: dict[str, Any], path: Path) -> None:
     for name, value in split_metrics.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             row.metrics.setdefault(name, []).append(float(value))
-    train_s = (record.get("timings") or {}).get("train_s")
-    if isinstance(train_s, (int, float)):
-        row.train_s.append(float(train_s))
+    timings = record.get("timings") or {}
+    for values, key in ((row.train_s, "train_s"), (row.wall_s, "total_s")):
+        if isinstance(timings.get(key), (int, float)):
+            values.append(float(timings[key]))
     for name in ("trainable", "saved", "trainable_pct", "backbone"):
         value = (record.get("params") or {}).get(name)
         if isinstance(value, (int, float)):
@@ -276,7 +278,8 @@ def saved_mb(row: Row) -> float | None:
 def csv_columns(metric_names: Sequence[str]) -> list[str]:
     metric_cols = [col for name in metric_names for col in (name, f"{name}_std")]
     return ["task", "backbone", "method", "variant", "status", "runs", "seeds", "split", *metric_cols,
-            "trainable_pct", "trainable", "saved", "saved_mb", "dtype", "train_s", "train_s_std", "error", "run_dirs"]
+            "trainable_pct", "trainable", "saved", "saved_mb", "dtype", "train_s", "train_s_std", "wall_s", "wall_s_std",
+            "error", "run_dirs"]
 
 
 def csv_rows(report: Report) -> list[dict[str, Any]]:
@@ -294,6 +297,7 @@ def csv_rows(report: Report) -> list[dict[str, Any]]:
             entry[name] = mean_std(row.params.get(name, []))[0]
         entry["saved_mb"] = saved_mb(row)
         entry["train_s"], entry["train_s_std"] = mean_std(row.train_s)
+        entry["wall_s"], entry["wall_s_std"] = mean_std(row.wall_s)
         out.append({k: ("" if v is None else v) for k, v in entry.items()})
     for fail in report.failures:
         out.append({"task": fail.task, "backbone": fail.backbone, "method": fail.method, "status": fail.status,
@@ -331,7 +335,7 @@ def display_table(report: Report) -> tuple[list[str], list[list[str]]]:
     """Header and rounded cells shared by the console and Markdown tables."""
     show_variant = any(row.variant for row in report.rows)
     header = ["task", "backbone", "method", *(["variant"] if show_variant else []), "n", "split",
-              *report.metric_names, "trainable %", "trainable", "saved", "saved MB", "train s", "status"]
+              *report.metric_names, "trainable %", "trainable", "saved", "saved MB", "train s", "wall s", "status"]
     cells = []
     for row in report.rows:
         params = {name: mean_std(values)[0] for name, values in row.params.items()}
@@ -339,7 +343,8 @@ def display_table(report: Report) -> tuple[list[str], list[list[str]]]:
             row.task, row.backbone, row.method, *([row.short_variant()] if show_variant else []), str(len(row.run_dirs)),
             row.split or "", *(_pm(row.metrics.get(name, [])) for name in report.metric_names),
             _num(params.get("trainable_pct"), "pct"), _num(params.get("trainable"), "count"),
-            _num(params.get("saved"), "count"), _num(saved_mb(row), "mb"), _pm(row.train_s, "s"), row.status,
+            _num(params.get("saved"), "count"), _num(saved_mb(row), "mb"), _pm(row.train_s, "s"),
+            _pm(row.wall_s, "s"), row.status,
         ])
     return header, cells
 

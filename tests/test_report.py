@@ -124,6 +124,8 @@ def test_seed_group_mean_and_std(tree: dict, report: dict) -> None:
     train = [r["timings"]["train_s"] for r in group]
     assert float(row["train_s"]) == statistics.mean(train)
     assert float(row["train_s_std"]) == pytest.approx(statistics.stdev(train), rel=1e-12)
+    wall = [r["timings"]["total_s"] for r in group]  # the whole job, start to final record
+    assert float(row["wall_s"]) == statistics.mean(wall)
     assert row["run_dirs"].split(";") == [r["run_dir"] for r in group]
 
 

@@ -31,3 +31,6 @@ web=(task=webnlg "task.data_dir=$DATA/webnlg2017" task.metrics=[bleu,chrf])
 run webnlg_zero_shot "${web[@]}" method=icl prompt=flan task.max_source_length=512
 run webnlg_lora "${web[@]}" method=lora trainer.lr=2e-3
 run webnlg_prefix "${web[@]}" method=prefix trainer.lr=2e-3
+
+# bfloat16 autocast on CPU (float32 master weights) against the fp32 LoRA run above (issue 14)
+run lora_bf16 method=lora trainer.lr=2e-3 trainer.precision=bf16
