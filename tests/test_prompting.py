@@ -224,3 +224,13 @@ def test_generated_option_text_becomes_the_label_the_task_scores() -> None:
     assert built.options == ["yes", "no"]
     assert [option_label(sg, built, t) for t in (" No.", "yes", "perhaps")] == ["not_entailment", "entailment",
                                                                                  "perhaps"]
+
+
+def test_a_frozen_models_answer_ends_at_the_example_separator() -> None:
+    from peftrun.prompting.layout import natural_answer
+
+    went_on = "Aromi is a pub.\n\nAttributes: name : Zizzi | area : riverside\nAnswer: Zizzi is"
+    assert natural_answer(went_on, "\n\n") == "Aromi is a pub."
+    assert natural_answer(" Aromi is a pub.", "\n\n") == "Aromi is a pub."
+    assert natural_answer("Aromi is a pub. It is cheap.", " ") == "Aromi is a pub. It is cheap."  # spaces: no cut
+    assert natural_answer("yes\n###\nno", "\n###\n") == "yes"

@@ -65,6 +65,10 @@ class TextFormulation:
         prompted, ids = build_prompted(cfg, self.prompting, backbone, examples, split, record)
         with progress(split, len(ids)) as advance:
             texts = _generate(backbone, ids, cfg, advance, record, split)
+        if self.prompting.natural:
+            from peftrun.prompting.layout import natural_answer
+
+            texts = [natural_answer(text, cfg.prompt.example_separator) for text in texts]
         return [option_label(self.task, p, text) for p, text in zip(prompted, texts, strict=True)], \
             [{"demonstrations": p.demonstrations} for p in prompted]
 

@@ -45,3 +45,14 @@ def answer_ids(tokenizer: Any, kind: str, text: str, natural: bool, separator: s
     if max_length is not None and len(ids) > max_length:
         ids = ids[: max_length - 1] + [ids[-1]]
     return ids
+
+
+def natural_answer(text: str, example_separator: str) -> str:
+    """The answer a frozen LM gave in the natural layout: its text up to the example separator. Nothing tells the
+    model to stop after one answer (no EOS was ever trained after one), so after it answers, a model shown
+    demonstrations goes on writing the next one ("\n\nAttributes: ..."); in-context learning evaluations
+    (GPT-3, OpenICL) stop at the separator, and so does this."""
+    stop = example_separator.strip(" ")  # a separator of spaces only cannot be told from the answer's own
+    cut = text.find(stop) if stop else -1
+    return (text if cut < 0 else text[:cut]).strip()
+
