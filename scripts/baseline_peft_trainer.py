@@ -57,6 +57,11 @@ def load_model(name: str):
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, attn_implementation="sdpa",
                                                      dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+        # from_pretrained(gguf_file=) dequantises to float32 but keeps the GGUF quantizer attached, and the Trainer
+        # refuses to train a "GGUF-quantized" model: the weights are plain float32 tensors, so detach it
+        model.hf_quantizer = None
+        model.is_quantized = False
+        model.config.__dict__.pop("quantization_config", None)
     else:
         raise SystemExit(f"--model {name}: gpt2 | smollm2-135m-instruct")
     if tokenizer.pad_token_id is None:
