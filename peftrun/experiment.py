@@ -173,6 +173,7 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
 
     from peftrun.console import parameter_table, results_table
     from peftrun.lengths import check_input_lengths
+    from peftrun.precision import resolve_precision
     from peftrun.threads import set_compute_threads
 
     set_seed(cfg.trainer.seed)
@@ -182,6 +183,7 @@ def _run(cfg, run_dir, task, formulation, lengths_checked, record, console, star
     backbone = load_backbone(cfg.backbone, cfg.paths, head=formulation.backbone_head,
                              num_labels=formulation.num_labels(), meta=dry_meta)
     record["threads"] = set_compute_threads(cfg.trainer.threads, backbone.model, backbone.spec)
+    record["precision"] = resolve_precision(cfg.trainer, backbone.model, backbone.spec)  # auto -> bf16 | fp32
     if not lengths_checked:  # a hub id whose config.json was not cached: check on the loaded config
         check_input_lengths(cfg, backbone.kind, _length_layout(formulation.name), backbone.model.config.to_dict())
     # a head formulation's head is new: it trains (and is saved) with every method

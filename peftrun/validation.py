@@ -17,12 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from peftrun.config import RunConfig
 from peftrun.errors import PeftrunError
+from peftrun.precision import PRECISIONS  # torch-free at import
 
 # transformers' SchedulerType values (tests/test_faults.py checks this list against transformers)
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
               "warmup_stable_decay")
-PRECISIONS = ("fp32", "bf16", "fp16")  # what training_arguments turns into torch settings; nothing else is honoured
 DECODERS = ("auto", "hf")
 SELECT_MODES = ("max", "min")
 # Virtual tokens (prompt / prefix length) beyond this allocate absurd memory for no published setting: the papers
