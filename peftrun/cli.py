@@ -6,6 +6,7 @@ Kept thin and import-light so `peftrun --help` and `--cfg job` answer without im
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import hydra
@@ -19,8 +20,54 @@ register_configs()
 log = logging.getLogger("peftrun")
 
 
+def main() -> None:
+    """The `peftrun` command: Hydra's main, with config composition errors (an unknown key such as
+    `trainer.lrr=1`, a bad override, a missing group option) reported as one `error:` line with exit code 2
+    instead of Hydra's multi-line message and exit code 1."""
+    import hydra._internal.utils as hydra_utils
+
+    report = hydra_utils.run_and_report
+    if getattr(report, "__peftrun__", False):
+        run()
+        return
+
+    def one_line_errors(func):  # what Hydra calls around composing the config and running
+        from hydra.errors import CompactHydraException
+
+        try:
+            return func()
+        except CompactHydraException as err:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"error: {composition_error(err)}", file=sys.stderr)
+            sys.exit(2)
+        except BaseException:
+            raise
+
+    def wrapped(func):
+        return report(lambda: one_line_errors(func))
+
+    wrapped.__peftrun__ = True
+    hydra_utils.run_and_report = wrapped
+    run()
+
+
+def composition_error(err: BaseException) -> str:
+    """Hydra's and OmegaConf's message as one line, with the way out for an unknown key."""
+    lines = [line.strip() for text in (str(err), str(err.__cause__ or "")) for line in text.splitlines()]
+    noise = ("full_key", "object_type", "reference_type", "To append")
+    options = [line for line in lines[1:] if line and " " not in line and not line.startswith(noise)]
+    parts = [line.rstrip(".:") for line in lines[:6] if line and line not in options and not line.startswith(noise)]
+    message = "; ".join(dict.fromkeys(parts)) or type(err).__name__
+    if options:
+        message += ": " + ", ".join(options)
+    if "not in" in message and "Key" in message:
+        message += " (misspelt? `peftrun --cfg job` prints every key; peftrun/config.py documents them)"
+    return message
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def run(cfg: DictConfig) -> float | None:
     """One run, or one job of a sweep.
 
     Exit codes of a single run: 0 done; 2 a PeftrunError (one line); 128 + signal number (143 SIGTERM, 130 SIGINT)

@@ -72,12 +72,14 @@ def test_sweep_writes_one_record_per_job(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("override", "named"),
     [("trainer.lrr=1", "lrr"), ("trainer.lr=fast", "lr"), ("backbone.sourze=x", "sourze"),
-     ("method.rnak=4", "rnak")],
+     ("method.rnak=4", "rnak"), ("method=nosuch", "lora"), ("trainer.lr=", "lr")],
 )
 def test_config_errors_name_the_bad_key(override: str, named: str, tmp_path: Path) -> None:
+    """Hydra's composition errors too are one `error:` line, exit 2, no traceback."""
     proc = peftrun(override, f"hydra.run.dir={tmp_path}")
-    assert proc.returncode != 0
-    assert named in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert named in lines[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "results.json").exists()
 
 
