@@ -1,0 +1,109 @@
+"""Markdown tables for docs/RESULTS.md, read from the run records the scripts in scripts/results/ wrote.
+
+    python scripts/results/tables.py outputs/results
+
+Every number printed comes from a results.json (or, for the re-decided rank rules, from peftrun-score's decision
+rule applied to a predictions.jsonl); nothing is typed in. Sections: e2e, webnlg, rank, rte, wsc, rte_1epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+from peftrun.formulations.options import rechoose
+
+
+def _records(folder: Path) -> list[dict[str, Any]]:
+    out = []
+    for path in sorted(folder.glob("**/results.json")):
+        record = json.loads(path.read_text())
+        if record.get("status") == "complete":
+            record["_dir"] = path.parent
+            out.append(record)
+    return out
+
+
+def _metrics(record: dict[str, Any]) -> dict[str, float]:
+    split = record["config"]["task"]["eval_splits"][0]
+    return record["metrics"][split]
+
+
+def _label(record: dict[str, Any]) -> str:
+    name = record["_dir"].name
+    return name.split("_", 1)[1].removeprefix("minilm-l6_").rsplit("_", 1)[0] if name[0].isdigit() else name
+
+
+def _ms(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def generation_table(records: list[dict[str, Any]]) -> str:
+    lines = ["| run | BLEU | chrF | trainable | saved | train s | wall s | prompt tokens / query |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in records:
+        m, p, t = _metrics(r), r["params"], r["timings"]
+        data = r["data"][r["config"]["task"]["eval_splits"][0]]
+        tokens = data.get("mean_prompt_tokens") or data["prompt_tokens"] / data["examples"]
+        lines.append(f"| {_label(r)} | {m['bleu']:.2f} | {m['chrf']:.2f} | {p['trainable']:,} | {p['saved']:,} | "
+                     f"{t.get('train_s', 0):.0f} | {t['total_s']:.0f} | {tokens:.0f} |")
+    return "\n".join(lines)
+
+
+def seeds_table(records: list[dict[str, Any]], majority: float) -> str:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(r["config"]["method"]["name"], []).append(r)
+    lines = ["| method | accuracy (3 seeds) | per seed | trainable | train loss | train s | majority class |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: |"]
+    for method, runs in groups.items():
+        acc = [_metrics(r)["accuracy"] for r in runs]
+        loss = [r["train"]["train_loss"] for r in runs]
+        lines.append(f"| {method} | {_ms(acc)} | {', '.join(f'{a:.1f}' for a in acc)} | "
+                     f"{runs[0]['params']['trainable']:,} | {statistics.mean(loss):.3f} | "
+                     f"{statistics.mean(r['timings']['train_s'] for r in runs):.0f} | {100 * majority:.1f} |")
+    return "\n".join(lines)
+
+
+def rank_table(records: list[dict[str, Any]]) -> str:
+    lines = ["| run | sum | sum + calibration | mean | mean + calibration | prompt tokens / query | eval s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in records:
+        rows = [json.loads(line) for line in (r["_dir"] / "predictions.jsonl").read_text().splitlines()]
+        gold = [row["references"][0] for row in rows]
+        cells = []
+        for normalize in ("sum", "mean"):
+            for calibrate in (False, True):
+                right = sum(rechoose(row, normalize, calibrate) == g for row, g in zip(rows, gold, strict=True))
+                cells.append(f"{100 * right / len(rows):.1f}")
+        data = r["data"][r["config"]["task"]["eval_splits"][0]]
+        lines.append(f"| {r['_dir'].name} | {' | '.join(cells)} | {data.get('mean_prompt_tokens', 0):.0f} | "
+                     f"{r['timings']['eval_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def majority(path: Path) -> float:
+    labels = [json.loads(line)["label"] for line in path.read_text().splitlines() if line.strip()]
+    return max(labels.count(label) for label in set(labels)) / len(labels)
+
+
+def main() -> None:
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/results")
+    data = Path(sys.argv[2] if len(sys.argv) > 2 else "../shared/data")
+    e2e = _records(root / "e2e")
+    print("## e2e\n\n" + generation_table([r for r in e2e if r["config"]["task"]["name"] == "e2e"]))
+    print("\n## webnlg\n\n" + generation_table([r for r in e2e if r["config"]["task"]["name"] == "webnlg"]))
+    print("\n## rank\n\n" + rank_table(_records(root / "rank")))
+    for name, val in (("rte", "superglue/full/RTE/val.jsonl"), ("wsc", "superglue/full/WSC/val.jsonl"),
+                      ("rte_1epoch", "superglue/full/RTE/val.jsonl")):
+        if (root / name).exists():
+            print(f"\n## {name}\n\n" + seeds_table(_records(root / name), majority(data / val)))
+
+
+if __name__ == "__main__":
+    main()
