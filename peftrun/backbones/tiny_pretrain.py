@@ -68,7 +68,7 @@ def cache_key(config: Any, tokenizer: Any) -> str:
         "eos": tokenizer.eos_token,
         "corpus": hashlib.sha256("\x00".join(corpus_documents()).encode()).hexdigest(),
         "recipe": RECIPE,
-        "version": 1,
+        "version": 2,  # 2: documents tokenised one by one
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
