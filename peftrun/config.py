@@ -163,7 +163,7 @@ class TrainerConfig:
     select_metric: str | None = None  # with eval_every: the metric that picks the checkpoint evaluated at the end
     select_mode: str = "max"  # max | min: whether a higher or a lower select_metric is better
     save_every: int = 0  # steps between checkpoints; 0 = none
-    precision: str = "fp32"  # auto (bf16 where measured faster at equal quality, else fp32) | fp32 | bf16 | fp16
+    precision: str = "auto"  # auto (bf16 where measured faster at equal quality, else fp32) | fp32 | bf16 | fp16
     group_by_length: bool = True
     num_workers: int = 0
     threads: int | None = None  # torch compute threads; null = chosen from the usable CPUs (peftrun/threads.py)

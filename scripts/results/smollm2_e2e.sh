@@ -10,7 +10,7 @@ DATA=${PEFTRUN_DATA_DIR:-../shared/data}
 PEFTRUN=${PEFTRUN:-peftrun}
 common=(backbone=smollm2-135m-instruct task=e2e "task.data_dir=$DATA/e2e" task.max_eval_examples=50
         task.generation.num_beams=1 task.generation.no_repeat_ngram_size=0 trainer.max_steps=50
-        trainer.batch_size=8 trainer.threads=1 logger=none)
+        trainer.batch_size=8 trainer.threads=1 trainer.precision=fp32 logger=none)
 run() { local name=$1; shift; $PEFTRUN "${common[@]}" "$@" "hydra.run.dir=$OUT/e2e/$name"; }
 
 # no training: zero-shot with FLAN's first E2E template, then k = 4 demonstrations (issue 12)
@@ -33,4 +33,4 @@ run webnlg_lora "${web[@]}" method=lora trainer.lr=2e-3
 run webnlg_prefix "${web[@]}" method=prefix trainer.lr=2e-3
 
 # bfloat16 autocast on CPU (float32 master weights) against the fp32 LoRA run above (issue 14)
-run lora_bf16 method=lora trainer.lr=2e-3 trainer.precision=bf16
+run lora_bf16 method=lora trainer.lr=2e-3 trainer.precision=bf16   # (overrides the fp32 above)
