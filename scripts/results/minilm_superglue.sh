@@ -17,7 +17,8 @@ for task in rte wsc; do
   for method in head_only full lora bitfit adapter_houlsby ptuning_v2 prompt_tuning; do
     extra=(); [ "$method" = prompt_tuning ] && extra=(method.length=20)
     $PEFTRUN -m backbone=minilm-l6 "task=$task" "${budget[@]}" "method=$method" "${extra[@]}" \
-      "trainer.lr=$(lr $method)" trainer.batch_size=16 trainer.seed=1,2,3 trainer.threads=1 logger=none \
+      "trainer.lr=$(lr $method)" trainer.batch_size=16 trainer.seed=1,2,3 trainer.threads=1 trainer.precision=fp32 \
+      logger=none \
       "hydra.sweep.dir=$OUT/$task/$method"
   done
 done
@@ -28,5 +29,5 @@ for method in full lora; do
   lr=1e-4; [ "$method" = lora ] && lr=5e-3
   $PEFTRUN -m backbone=minilm-l6 task=rte "task.data_dir=$DATA/superglue/full/RTE" trainer.epochs=1 \
     "method=$method" "trainer.lr=$lr" trainer.warmup_ratio=0.1 trainer.batch_size=16 trainer.seed=1,2,3 \
-    trainer.threads=1 logger=none "hydra.sweep.dir=$OUT/rte_1epoch/$method"
+    trainer.threads=1 trainer.precision=auto logger=none "hydra.sweep.dir=$OUT/rte_1epoch/$method"   # auto = fp32 (width 384)
 done
