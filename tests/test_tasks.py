@@ -70,6 +70,18 @@ def test_e2e_caps_apply_after_grouping() -> None:
     assert len(t.load("train", grouped=False)) == 7
 
 
+def test_e2e_training_pairs_follow_the_file_rows_so_a_cap_takes_the_first_rows() -> None:
+    """The training file repeats its MRs all over (not contiguously, as dev and test do): one example per row,
+    in row order, so max_train_examples=160 trains on the first 160 rows (156 distinct MRs), not on the first
+    160 references of the first MRs in group order (13 MRs)."""
+    folder = require_data("e2e")
+    rows = [r for r in csv_rows(folder / "trainset.csv")[:400] if r["mr"].strip() and r["ref"].strip()][:160]
+    flat = task("e2e", folder, max_train_examples=160).load("train", grouped=False)
+    assert [(e.meta["mr"], e.target) for e in flat] == [(r["mr"].strip(), r["ref"].strip()) for r in rows]
+    assert len({e.source for e in flat}) == len({r["mr"] for r in rows}) > 100
+    assert len({e.id for e in flat}) == 160
+
+
 def test_e2e_malformed_rows_are_skipped_with_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     rows = [
         ("name[A], eatType[pub]", "A is a pub."),
