@@ -26,7 +26,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check peftrun tests scripts
 
 # The whole-process benchmark (peftrun vs peft + Trainer as subprocesses); BENCH_ARGS="--configs b-lora,a-lora ..."
-BENCH_ARGS ?= --configs b-lora --steps 20 --batch 8 --eval 32 --repeats 2
+BENCH_ARGS ?= --configs a-lora,b-lora --steps 20 --batch 8 --lr 2e-3 --eval 32 --repeats 2
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python scripts/bench_e2e.py $(BENCH_ARGS)
 
