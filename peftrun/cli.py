@@ -41,8 +41,6 @@ def main() -> None:
                 raise
             print(f"error: {composition_error(err)}", file=sys.stderr)
             sys.exit(2)
-        except BaseException:
-            raise
 
     def wrapped(func):
         return report(lambda: one_line_errors(func))
