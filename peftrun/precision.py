@@ -34,8 +34,9 @@ def choose_precision(requested: str, hidden: int | None, cuda: bool, cuda_bf16: 
                      cpu_bf16: bool | None = None) -> dict[str, str]:
     """{"precision", "requested", "reason"}: `auto` becomes bf16 on a GPU that supports it, and on a CPU with
     bfloat16 instructions for models of width >= BF16_MIN_HIDDEN; otherwise fp32. Measured on this project's
-    CPU (docs/RESULTS.md, docs/ARCHITECTURE.md "Benchmarks"): SmolLM2-135M LoRA on E2E trains about 2x faster
-    under bf16 autocast with the same loss to 3 decimals; GPT-2 (124M) steps 2.1x faster; tiny models gain nothing."""
+    CPU (docs/RESULTS.md, docs/ARCHITECTURE.md "Benchmarks"): SmolLM2-135M LoRA on E2E, the same train loss to 3
+    decimals under bf16 autocast and 96 s vs 187 s of training (two runs at different times, not side by side);
+    GPT-2 (124M) steps 2.1x faster in-process; tiny models gain nothing."""
     if requested != "auto":
         return {"precision": requested, "requested": requested, "reason": "trainer.precision"}
     if cuda:

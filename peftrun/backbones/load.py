@@ -151,7 +151,6 @@ def _load_tiny(cfg: BackboneConfig, paths: PathsConfig, family: Family, auto_nam
     return model, tokenizer, facts
 
 
-
 def _load_from_config(cfg: BackboneConfig, paths: PathsConfig, family: Family, auto_name: str,
                       num_labels: int | None, meta: bool) -> tuple[Any, Any, dict[str, Any]]:
     config, config_source = _random_init_config(cfg, family)

@@ -1,4 +1,4 @@
-"""A tiny decoder that knows something: pretrained once on the built-in corpus, cached (`backbone.init=pretrained`).
+"""A tiny decoder that knows something: pretrained once on the built-in corpus, cached (`backbone.init=corpus`).
 
 A randomly initialised tiny model adapted by LoRA learns next to nothing (the default run scored BLEU 0.03), which
 is not what LoRA is for: it adapts a model that already knows the language. So the default backbone
@@ -35,7 +35,7 @@ WEIGHTS = "model.safetensors"
 def pretrained_tiny_state(family: str, kind: str, config: Any, tokenizer: Any, cache_dir: str) -> dict[str, Any]:
     """The state dict of the tiny causal LM `config` pretrained on the built-in corpus (trained now if not cached)."""
     if kind != "decoder":
-        raise PeftrunError(f"backbone.init=pretrained on a tiny {family} backbone: only decoder families are "
+        raise PeftrunError(f"backbone.init=corpus on a tiny {family} backbone: only decoder families are "
                            "pretrained offline (a causal LM on the built-in corpus); use backbone.init=random, or "
                            "backbone=tiny-gpt2-pretrained")
     from safetensors.torch import load_file
@@ -110,8 +110,9 @@ def _pretrain(config: Any, tokenizer: Any) -> dict[str, Any]:
 def _save(state: dict[str, Any], path: str) -> None:
     from safetensors.torch import save_file
 
-    # tied weights (GPT-2's LM head is its input embedding) are stored once each under their own names
-    save_file({name: tensor.clone() for name, tensor in state.items()}, path, metadata={"format": "pt"})
+    # _pretrain cloned every tensor, so tied weights (GPT-2's LM head is its input embedding) no longer share
+    # storage, which safetensors refuses; each is stored under its own name
+    save_file(state, path, metadata={"format": "pt"})
 
 
 def load_pretrained_body(model: Any, state: dict[str, Any]) -> None:
