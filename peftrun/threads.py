@@ -14,7 +14,7 @@ Larger models get the usable CPUs minus those other processes keep busy, when th
 machine (a shared VM): two threads on two cores beside a busy neighbour evaluated GPT-2 in 51 s, one thread in
 18 s. "Busy" is sampled now from /proc/stat over BUSY_WINDOW_S, minus this process's own CPU time: the 1-minute
 load average (the fallback where /proc/stat is unreadable) still counts the previous job of a sweep, or this
-process's own model loading, and so halved the threads of every sweep job after the first on a quiet machine.
+process's own model loading (a run started right after another job got 1 of 2 threads on a quiet machine).
 `trainer.threads` (an integer) overrides the choice; OMP_NUM_THREADS set by the user is respected.
 """
 
