@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from peftrun.errors import PeftrunError
+from peftrun.prompting.layout import reads_natural_layout
 from peftrun.records import base_record, write_predictions, write_record
 from peftrun.rundir import check_reuse, claim, previous_record
 from peftrun.timing import since_start, start_job
@@ -146,8 +147,9 @@ def _length_layout(formulation: str) -> str:
 
 
 def _evaluation_only(cfg) -> bool:
-    """Methods that train nothing (method=icl: no deltas, frozen backbone): no optimizer, no checkpoint."""
-    return cfg.method.train == "none" and not cfg.method.deltas
+    """Methods that train nothing (method=icl: no deltas, frozen backbone): no optimizer, no checkpoint, and the
+    natural prompt layout."""
+    return reads_natural_layout(cfg)
 
 
 def _prompting(cfg, task, eval_sets):

@@ -291,3 +291,51 @@ def test_held_out_members_by_rank_classification_over_flan_options(tmp_path: Pat
     with pytest.raises(PeftrunError, match="xsum has none"):
         run(tmp_path / "bad", "backbone=tiny-gpt2", "task=mixture", "task.data_dir=builtin", "task.formulation=rank",
             "task.mixture.train=[rte]", "task.mixture.eval=[xsum]", *FAST)
+
+
+def test_a_frozen_model_scores_held_out_members_in_the_natural_layout(tmp_path: Path, monkeypatch) -> None:
+    """Zero-shot on a frozen model (method=icl) reads the text a pretrained LM reads: the option with its leading
+    space right after the prompt, no EOS between or after; a tuned model is scored in its training layout
+    (prompt + EOS, then the option's tokens + EOS)."""
+    import peftrun.formulations.rank as rank
+    from peftrun.backbones.tiny import tiny_tokenizer
+
+    scored: list[tuple[list[int], list[list[int]]]] = []
+    real = rank.option_logprobs
+    monkeypatch.setattr(rank, "option_logprobs", lambda model, kind, context, options, *rest: (
+        scored.append((context, options)) or real(model, kind, context, options, *rest)))
+    common = ["backbone=tiny-gpt2", "task=mixture", "task.data_dir=builtin", "task.formulation=rank",
+              "task.mixture.train=[xsum]", "task.mixture.eval=[rte]", "task.mixture.templates=flan",
+              "task.mixture.template_eval=round_robin", f"paths.cache_dir={tmp_path / 'cache'}", *FAST]
+    tok = tiny_tokenizer("gpt2", str(tmp_path / "cache"))
+    eos = tok.eos_token_id
+    expected = {"frozen": [tok(" " + o)["input_ids"] for o in ("yes", "no")],
+                "tuned": [tok(o)["input_ids"] + [eos] for o in ("yes", "no")]}
+    for name, method in (("frozen", ["method=icl"]), ("tuned", ["method=lora", "trainer.max_steps=1"])):
+        scored.clear()
+        record = run(tmp_path / name, *common, *method)
+        assert record.get("trained", True) is (name == "tuned")
+        assert len(scored) == 4
+        assert all(options == expected[name] for _, options in scored)
+        assert all((context[-1] == eos) is (name == "tuned") for context, _ in scored)
+
+
+def test_a_frozen_model_generates_from_its_natural_prompt_and_stops_at_a_blank_line(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
+    """Text members on a frozen model: the prompt is the tokenizer's own encoding of the source (no trained-layout
+    EOS at its end) and the answer is cut at the first blank line (nothing tells a frozen model to stop)."""
+    import peftrun.formulations.text as text
+
+    prompts: list[list[int]] = []
+    monkeypatch.setattr(text, "_generate", lambda backbone, ids, *rest: (
+        prompts.extend(ids) or ["yes\n\nPremise: more text"] * len(ids)))
+    record = run(tmp_path, "backbone=tiny-gpt2", "method=icl", "task=mixture", "task.data_dir=builtin",
+                 "task.mixture.train=[xsum]", "task.mixture.eval=[rte]", f"paths.cache_dir={tmp_path / 'cache'}",
+                 *FAST)
+    from peftrun.backbones.tiny import tiny_tokenizer
+
+    tok = tiny_tokenizer("gpt2", str(tmp_path / "cache"))
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert [r["prediction"] for r in rows] == ["yes"] * 4
+    assert prompts == [tok(r["input"])["input_ids"] for r in rows]
+    assert record["data"]["rte/validation"]["truncated_sources"] == 0

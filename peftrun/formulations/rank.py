@@ -143,10 +143,10 @@ class RankFormulation:
         from peftrun.formulations.text import build_prompted
         from peftrun.generate import _has_input_side_delta
         from peftrun.heads import label_strings
-        from peftrun.prompting.layout import answer_ids, prompt_ids
+        from peftrun.prompting.layout import answer_ids, prompt_ids, reads_natural_layout
 
         cfg, tok, kind, model = self.cfg, backbone.tokenizer, backbone.kind, backbone.model
-        natural = self.prompting is not None and self.prompting.natural
+        natural = self.prompting.natural if self.prompting is not None else reads_natural_layout(cfg)
         sep = cfg.prompt.answer_separator if cfg.prompt is not None else " "
         target_cut = None if natural else cfg.task.max_target_length
         if self.prompting is not None:
@@ -155,7 +155,7 @@ class RankFormulation:
             free = [prompt_ids(tok, kind, p.content_free, natural, sep) for p in prompted] if self.calibrate else None
         else:
             prompted = None
-            contexts = [prompt_ids(tok, kind, ex.source, False, sep, cfg.task.max_source_length) for ex in examples]
+            contexts = [prompt_ids(tok, kind, ex.source, natural, sep, cfg.task.max_source_length) for ex in examples]
             truncated = sum(len(tok(ex.source, add_special_tokens=False)["input_ids"]) >= cfg.task.max_source_length
                             for ex in examples)
             record["data"][split] = {"examples": len(examples), "truncated_sources": truncated}

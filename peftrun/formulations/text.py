@@ -55,7 +55,17 @@ class TextFormulation:
         """Generated texts; with a prompt whose template has options, a text naming an option becomes that
         option's label string (what task.score reads)."""
         from peftrun.data import tokenize_examples
+        from peftrun.prompting.layout import NATURAL_STOP, natural_answer, prompt_ids, reads_natural_layout
+
         cfg = self.cfg
+        if self.prompting is None and reads_natural_layout(cfg):  # a frozen model, no prompt config: its own text
+            tok, cut = backbone.tokenizer, cfg.task.max_source_length
+            ids = [prompt_ids(tok, backbone.kind, ex.source, True, " ", cut) for ex in examples]
+            truncated = sum(len(prompt_ids(tok, backbone.kind, ex.source, True)) > cut for ex in examples)
+            record["data"][split] = {"examples": len(ids), "truncated_sources": truncated}
+            with progress(split, len(ids)) as advance:
+                texts = _generate(backbone, ids, cfg, advance, record, split)
+            return [natural_answer(text, NATURAL_STOP) for text in texts], None
         if self.prompting is None:
             prompts = tokenize_examples(examples, backbone.tokenizer, backbone.kind, cfg.task.max_source_length,
                                         cfg.task.max_target_length, cfg.paths.cache_dir, with_target=False)
@@ -66,8 +76,6 @@ class TextFormulation:
         with progress(split, len(ids)) as advance:
             texts = _generate(backbone, ids, cfg, advance, record, split)
         if self.prompting.natural:
-            from peftrun.prompting.layout import natural_answer
-
             texts = [natural_answer(text, cfg.prompt.example_separator) for text in texts]
         return [option_label(self.task, p, text) for p, text in zip(prompted, texts, strict=True)], \
             [{"demonstrations": p.demonstrations} for p in prompted]

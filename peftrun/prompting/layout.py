@@ -3,7 +3,8 @@
 - trained (no prompt config, or a run that trains): the layout of peftrun/data.py, so a tuned model is scored
   as it was trained: decoder prompt = tokens(text)[:max_source_length - 1] + [EOS], answer = tokens(answer) + [EOS];
   encoder-decoder: tokenizer(text) / tokenizer(text_target=answer) with their special tokens.
-- natural (prompting a frozen model: method=icl with a prompt config): what a pretrained LM reads. Decoder:
+- natural (prompting a frozen model: a method that trains nothing, method=icl, with or without a prompt config;
+  `reads_natural_layout`): what a pretrained LM reads. Decoder:
   tokenizer(prompt + answer_separator without its trailing spaces) with the tokenizer's own specials (BOS), and the
   answer tokenised with a leading space when the separator ends with one (BPE words carry their space); no EOS.
   Encoder-decoder: as trained.
@@ -13,13 +14,22 @@ from __future__ import annotations
 
 from typing import Any
 
+NATURAL_STOP = "\n\n"  # where a frozen model's answer ends when no prompt config names an example separator
+
+
+def reads_natural_layout(cfg: Any) -> bool:
+    """A method that trains nothing (method=icl: no deltas, frozen backbone) prompts a frozen model, which never
+    saw the trained layout's EOS between prompt and answer; every other run reads the layout it was trained in."""
+    return cfg.method.train == "none" and not cfg.method.deltas
+
 
 def prompt_ids(tokenizer: Any, kind: str, text: str, natural: bool, separator: str = " ",
                max_length: int | None = None) -> list[int]:
     """The context ids; `max_length` cuts like peftrun/data.py (None: no cut)."""
     if kind == "decoder":
         if natural:
-            return tokenizer(text + separator.rstrip(" "))["input_ids"]
+            ids = tokenizer(text + separator.rstrip(" "))["input_ids"]
+            return ids if max_length is None else ids[:max_length]
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if max_length is not None:
             ids = ids[: max_length - 1]
