@@ -3,7 +3,8 @@
     python scripts/results/tables.py outputs/results
 
 Every number printed comes from a results.json (or, for the re-decided rank rules, from peftrun-score's decision
-rule applied to a predictions.jsonl); nothing is typed in. Sections: e2e, webnlg, rank, rte, wsc, rte_1epoch.
+rule applied to a predictions.jsonl); nothing is typed in. Sections: e2e, webnlg, rank, rte, wsc, rte_1epoch,
+held-out NLI, DART IPT vs prompt tuning, Super-NI, multi-task P-tuning v2.
 """
 
 from __future__ import annotations
@@ -87,6 +88,69 @@ def rank_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def heldout_table(records: list[dict[str, Any]]) -> str:
+    """FLAN held-out members: accuracy over the ten templates (mean / median / best, and the spread)."""
+    lines = ["| run | RTE mean | RTE median | RTE best | RTE min | CB mean | CB median | CB best | CB min | train s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in records:
+        cells = []
+        for task in ("rte", "cb"):
+            per = [v["accuracy"] for k, v in r["metrics"].items() if k.startswith(f"{task}/validation/")]
+            agg = r["metrics"][f"{task}/validation"]
+            cells += [f"{agg['accuracy_mean']:.1f}", f"{agg['accuracy_median']:.1f}", f"{agg['accuracy_best']:.1f}",
+                      f"{min(per):.1f}"]
+        lines.append(f"| {r['_dir'].name} | {' | '.join(cells)} | {r['timings'].get('train_s', 0):.0f} |")
+    return "\n".join(lines)
+
+
+def seeded_generation_table(groups: dict[str, list[dict[str, Any]]]) -> str:
+    """Runs of one setting over seeds: mean ± std (sample) of BLEU and chrF, and each seed's BLEU."""
+    lines = ["| run | BLEU | chrF | BLEU per seed | trainable | train s (mean) | prompt tokens / query |",
+             "| --- | ---: | ---: | --- | ---: | ---: | ---: |"]
+    for name, runs in groups.items():
+        bleu = [_metrics(r)["bleu"] for r in runs]
+        chrf = [_metrics(r)["chrf"] for r in runs]
+        data = runs[0]["data"][runs[0]["config"]["task"]["eval_splits"][0]]
+        tokens = data.get("mean_prompt_tokens") or data["prompt_tokens"] / data["examples"]
+        lines.append(f"| {name} | {_ms(bleu)} | {_ms(chrf)} | {', '.join(f'{b:.2f}' for b in bleu)} | "
+                     f"{runs[0]['params']['trainable']:,} | "
+                     f"{statistics.mean(r['timings'].get('train_s', 0) for r in runs):.0f} | {tokens:.0f} |")
+    return "\n".join(lines)
+
+
+def superni_table(records: list[dict[str, Any]]) -> str:
+    """Super-NI: exact match and ROUGE-L averaged over the evaluated test tasks (each task counts once)."""
+    lines = ["| run | tasks | instances / task | exact match | ROUGE-L | train s | eval s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in records:
+        tasks = {k: v for k, v in r["metrics"].items() if k.startswith("superni:")}
+        em = statistics.mean(v["exact_match"] for v in tasks.values())
+        rl = statistics.mean(v["rougeL"] for v in tasks.values())
+        sizes = {r["data"][k]["examples"] for k in tasks if k in r["data"]}
+        lines.append(f"| {r['_dir'].name} | {len(tasks)} | {'/'.join(map(str, sorted(sizes)))} | {em:.2f} | "
+                     f"{rl:.2f} | {r['timings'].get('train_s', 0):.0f} | {r['timings']['eval_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def multitask_table(root: Path) -> str:
+    """Multi-task P-tuning v2: per task, alone / shared prompts (the multi-task run's own heads) / continued."""
+    lines = ["| task | run | accuracy (3 seeds) | per seed | macro-F1 | train s (mean) |",
+             "| --- | --- | ---: | --- | ---: | ---: |"]
+    for task in ("rte", "cb"):
+        for name, folder, key in (("single-task", f"single_{task}", "validation"), ("multi-task (shared)", "shared",
+                                  f"{task}/validation"), ("multi-task, then continued", f"continued_{task}",
+                                  "validation")):
+            runs = _records(root / folder)
+            if not runs:
+                continue
+            acc = [r["metrics"][key]["accuracy"] for r in runs]
+            f1 = [r["metrics"][key]["macro_f1"] for r in runs if "macro_f1" in r["metrics"][key]]
+            lines.append(f"| {task.upper()} | {name} | {_ms(acc)} | {', '.join(f'{a:.1f}' for a in acc)} | "
+                         f"{_ms(f1) if f1 else '-'} | "
+                         f"{statistics.mean(r['timings'].get('train_s', 0) for r in runs):.0f} |")
+    return "\n".join(lines)
+
+
 def majority(path: Path) -> float:
     labels = [json.loads(line)["label"] for line in path.read_text().splitlines() if line.strip()]
     return max(labels.count(label) for label in set(labels)) / len(labels)
@@ -103,6 +167,18 @@ def main() -> None:
                       ("rte_1epoch", "superglue/full/RTE/val.jsonl")):
         if (root / name).exists():
             print(f"\n## {name}\n\n" + seeds_table(_records(root / name), majority(data / val)))
+    instruction = root / "instruction"
+    if instruction.exists():
+        runs = _records(instruction)
+        print("\n## held-out NLI\n\n" + heldout_table([r for r in runs if r["_dir"].name.startswith("nli_")]))
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for r in runs:
+            if r["config"]["task"]["name"] == "dart":
+                groups.setdefault(r["_dir"].parent.name if r["_dir"].name.isdigit() else r["_dir"].name, []).append(r)
+        print("\n## DART: IPT vs prompt tuning\n\n" + seeded_generation_table(groups))
+        print("\n## Super-NI\n\n" + superni_table([r for r in runs if r["_dir"].name.startswith("superni_")]))
+    if (root / "multitask").exists():
+        print("\n## multi-task P-tuning v2\n\n" + multitask_table(root / "multitask"))
 
 
 if __name__ == "__main__":
