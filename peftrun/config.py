@@ -90,6 +90,7 @@ class MixtureConfig:
     homogeneous: bool = False  # each global batch from one task (automatic with per-task heads)
     templates: str = "none"  # none | flan: render every member through its instruction templates
     template_eval: str = "all"  # flan: evaluate each template separately (all) or round-robin like training
+    eval_shots: int = 0  # k-shot held-out evaluation: k of the member's own training examples, same template
     seed: int = 0  # the templates' round-robin order (the YAML sets ${trainer.seed})
     # refuse train/eval tasks sharing a source dataset or a FLAN (neighbour) cluster (cluster), a source (source)
     check_leakage: str = "cluster"  # cluster | source | off

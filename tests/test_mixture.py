@@ -217,6 +217,29 @@ def test_flan_templates_round_robin_and_per_template_evaluation() -> None:
                        "invalid_mean": 5.0, "invalid_median": 5.0, "invalid_best": 0.0}
 
 
+def test_k_shot_held_out_queries_show_their_members_training_examples_under_the_same_template() -> None:
+    zero = mixture_task(["xsum"], ["rte"], templates="flan")
+    task = mixture_task(["xsum"], ["rte"], templates="flan", eval_shots=2)
+    train = {e.id: e for e in task.members["rte"].load("train", grouped=False)}
+    for split in ("rte/validation/flan0", "rte/validation/flan3"):
+        queries, plain = task.load(split, grouped=True), zero.load(split, grouped=True)
+        for query, bare in zip(queries, plain, strict=True):
+            shown = query.meta["demonstrations"]
+            assert len(set(shown)) == 2 and set(shown) <= set(train)
+            template = next(t for t in task.templates["rte"] if f"{t.source}{t.id}" == split.rsplit("/", 1)[1])
+            from peftrun.instruction.render import render_example
+
+            demos = [render_example("rte", train[i], template) for i in shown]
+            assert query.source == "\n\n".join([f"{d.source} {d.target}" for d in demos] + [bare.source])
+            assert query.references == bare.references and query.meta["options"] == bare.meta["options"]
+    again = mixture_task(["xsum"], ["rte"], templates="flan", eval_shots=2).load("rte/validation/flan0", True)
+    assert [q.source for q in again] == [q.source for q in task.load("rte/validation/flan0", True)]
+    with pytest.raises(PeftrunError, match="eval_shots=99: rte has 4 training examples"):
+        mixture_task(["xsum"], ["rte"], templates="flan", eval_shots=99)
+    with pytest.raises(PeftrunError, match="eval_shots=-1"):
+        mixture_task(["xsum"], ["rte"], eval_shots=-1)
+
+
 def test_a_mixture_run_resumed_mid_epoch_ends_like_an_uninterrupted_one(tmp_path: Path) -> None:
     """8 examples, batch 2: 4 steps per epoch; resuming from the step-6 checkpoint skips 2 batches of epoch 1."""
     import shutil

@@ -23,8 +23,7 @@ def check_prompt_use(cfg: Any) -> None:
     prompt = cfg.get("prompt")
     if cfg.task.name == "mixture" and prompt is not None:
         raise PeftrunError("task=mixture renders its members itself (task.mixture.templates=flan) and takes no "
-                           "prompt config; use prompt=none (k-shot evaluation of held-out members is not supported "
-                           "yet)")
+                           "prompt config; use prompt=none (k-shot held-out evaluation: task.mixture.eval_shots=k)")
     if not cfg.method.train_with_demonstrations:
         return
     if prompt is None or prompt.k < 1:

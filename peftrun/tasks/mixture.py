@@ -9,7 +9,8 @@ one tokenisation).
 Training examples: each training member's train split, its first task.mixture.max_per_task examples (FLAN caps
 every task at 3,000), concatenated; `groups` says which member each came from, and the mixing rates
 (peftrun/instruction/mixing.py) decide how often. Evaluation: one split per (eval member, its eval split), named
-"<member>/<split>", scored by that member's own metrics, so the record holds per-task metrics.
+"<member>/<split>", scored by that member's own metrics, so the record holds per-task metrics; zero-shot, or
+k-shot with task.mixture.eval_shots=k (the member's own training examples under the query's template).
 
 Head formulation (encoders): members that all classify get one head per task, as the columns of one classifier:
 member i owns label columns [offset_i, offset_i + C_i) and meta["label"] is the global column (offset + label),
@@ -90,6 +91,7 @@ class MixtureTask(Task):
         check_leakage(self.train_names, self.eval_names, data_dir, self.sources(), mix.check_leakage)
         self._set_templates(data_dir)
         self._set_head()
+        self._pools = self._demonstration_pools()
         self.groups: list[int] = []  # member index (in train_names) of each training example of the last load
 
     def sources(self) -> dict[str, str]:
@@ -203,9 +205,48 @@ class MixtureTask(Task):
             return self.load_train()
         name, member_split, template = self._parse(split)
         examples = self._render(name, self.members[name].load(member_split, grouped), template)
+        if self.cfg.mixture.eval_shots:
+            examples = self._with_demonstrations(name, examples)
         if self.head == "candidates":  # rank classification: options as entities (see _set_head)
             examples = [replace(ex, meta={**(ex.meta or {}), "entities": self._options(name, ex)}) for ex in examples]
         return [self._tag(name, ex) for ex in examples]
+
+    def _demonstration_pools(self) -> dict[str, list[Example]]:
+        """eval_shots > 0: each evaluated member's training examples (checked here, before any model loads)."""
+        k = self.cfg.mixture.eval_shots
+        if k < 0:
+            raise PeftrunError(f"task.mixture.eval_shots={k}; give 0 (zero-shot) or a positive k")
+        pools = {}
+        for name in self.eval_names if k else []:
+            member = self.members[name]
+            pools[name] = member.load(member.cfg.train_split, grouped=False)
+            if len(pools[name]) < k:
+                raise PeftrunError(f"task.mixture.eval_shots={k}: {name} has {len(pools[name])} training examples "
+                                   "to draw demonstrations from; lower task.mixture.eval_shots")
+        return pools
+
+    def _with_demonstrations(self, name: str, examples: list[Example]) -> list[Example]:
+        """k-shot held-out evaluation (FLAN's few-shot setting): before each query, k training examples of the same
+        member under the query's own template, each "prompt answer", a blank line between; drawn per query from
+        (seed, member, query id), so every template and every run of a seed shows the same demonstrations."""
+        import random
+
+        from peftrun.prompting.layout import NATURAL_STOP
+
+        pool, k = self._pools[name], self.cfg.mixture.eval_shots
+        by_template = {f"{t.source}{t.id}": t for t in self.templates.get(name, [])}
+        out = []
+        for ex in examples:
+            picked = random.Random(f"{self.cfg.mixture.seed}/{name}/{ex.id}").sample(pool, k)
+            template = by_template.get((ex.meta or {}).get("template", ""))
+            if template is not None:
+                from peftrun.instruction.render import render_example
+
+                picked = [render_example(name, d, template) for d in picked]
+            shown = [f"{d.source} {d.target}" for d in picked]
+            meta = {**(ex.meta or {}), "demonstrations": [d.id for d in picked]}
+            out.append(replace(ex, source=NATURAL_STOP.join([*shown, ex.source]), meta=meta))
+        return out
 
     def load_train(self) -> list[Example]:
         """Every training member's capped training examples; sets self.groups and self.sizes."""
