@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # docs/RESULTS.md, SmolLM2-135M-Instruct and the instruction family (issue 13): one run directory per run under
 # $OUT/instruction; reruns skip the runs whose record is complete. Needs ../shared/tools/fetch-real-models.
-#   OUT=outputs/results scripts/results/smollm2_instruction.sh [nli|ipt|superni|superni_tuned] && peftrun-report ...
+#   OUT=outputs/results scripts/results/smollm2_instruction.sh [nli|nli_k2|ipt|superni|superni_tuned] && peftrun-report ...
 # One thread each (two parts side by side on the 2-core machine); bfloat16 autocast (trainer.precision=auto picks
 # it for SmolLM2 on this CPU), the tuned and the untuned run of each comparison in the same precision.
 set -uo pipefail   # a failed run is recorded as failed; the others still run
@@ -20,6 +20,13 @@ if [ "$part" = all ] || [ "$part" = nli ]; then
   nli=(experiment=flan_heldout_nli method=lora task.max_eval_examples=50)
   run nli_untuned "${nli[@]}" method=icl
   run nli_lora "${nli[@]}" trainer.optimizer=adamw_torch trainer.lr=1e-3 trainer.max_steps=60
+fi
+# k-shot (FLAN's few-shot setting): 2 of the member's own training examples under the query's template; the
+# templates round-robin over the queries (one split per task) to keep the 3x longer prompts affordable.
+if [ "$part" = all ] || [ "$part" = nli_k2 ]; then
+  kshot=(task.mixture.eval_shots=2 task.mixture.template_eval=round_robin task.max_source_length=1024)
+  run nli_untuned_k2 "${nli[@]}" method=icl "${kshot[@]}"
+  run nli_untuned_k0_round_robin "${nli[@]}" method=icl task.mixture.template_eval=round_robin
 fi
 
 # Instruction prompt tuning against prompt tuning on DART (Sun et al. 2023 use DART): the shared folder has DART's
