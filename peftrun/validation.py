@@ -138,6 +138,16 @@ def check_task(task: Any) -> None:
     _require(task.max_target_length >= 1, "task.max_target_length", task.max_target_length, "an integer >= 1")
     if task.metrics is not None:
         _require(len(task.metrics) > 0, "task.metrics", list(task.metrics), "a non-empty list, or null for all")
+    if task.name != "mixture":  # task.mixture.* is read by task=mixture only: anything set there would be ignored
+        from peftrun.config import MixtureConfig
+
+        default = dataclasses.asdict(MixtureConfig())
+        given = OmegaConf.to_container(task.mixture, resolve=True)
+        changed = sorted(k for k in default if given.get(k) != default[k])
+        if changed:
+            raise PeftrunError(f"task.mixture.{changed[0]} is set but task={task.name}: task.mixture.* configures "
+                               "task=mixture only; add task=mixture (members in task.mixture.train / .eval) or drop "
+                               "it")
 
 
 def check_generation(g: Any) -> None:

@@ -200,6 +200,8 @@ BAD_VALUES = [
     ("trainer.epochs=0", "trainer.epochs"), ("trainer.warmup_ratio=1.5", "trainer.warmup_ratio"),
     ("trainer.save_every=-1", "trainer.save_every"), ("trainer.eval_every=5", "trainer.select_metric"),
     ("task.generation.num_beams=0", "task.generation.num_beams"),
+    ("task.mixture.eval_shots=2", "task.mixture.eval_shots is set but task=synthetic"),  # read by task=mixture only
+    ("task.mixture.train=[cb]", "add task=mixture"),
     ("task.generation.batch_size=0", "task.generation.batch_size"),
     ("task.generation.max_new_tokens=0", "task.generation.max_new_tokens"),
     ("task.generation.decoder=fast", "task.generation.decoder"),

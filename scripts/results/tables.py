@@ -97,6 +97,9 @@ def heldout_table(records: list[dict[str, Any]]) -> str:
         for task in ("rte", "cb"):
             per = [v["accuracy"] for k, v in r["metrics"].items() if k.startswith(f"{task}/validation/")]
             agg = r["metrics"][f"{task}/validation"]
+            if not per:  # template_eval=round_robin: one accuracy over the queries, templates taking turns
+                cells += [f"{agg['accuracy']:.1f} (round-robin)", "-", "-", "-"]
+                continue
             cells += [f"{agg['accuracy_mean']:.1f}", f"{agg['accuracy_median']:.1f}", f"{agg['accuracy_best']:.1f}",
                       f"{min(per):.1f}"]
         lines.append(f"| {r['_dir'].name} | {' | '.join(cells)} | {r['timings'].get('train_s', 0):.0f} |")
