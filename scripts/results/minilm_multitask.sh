@@ -3,6 +3,7 @@
 # 32), seeds 1-3. Per seed: each task alone; both tasks with one shared set of deep prompts and a head per task
 # (experiment=ptuning_v2_multitask_minilm); then each task again, its prompts started from the shared ones.
 #   OUT=outputs/results scripts/results/minilm_multitask.sh && peftrun-report outputs/results/multitask
+#   SEEDS="2 3" OUT=outputs/results scripts/results/minilm_multitask.sh     # some seeds (e.g. one queue per core)
 # Budget: RTE 3 epochs (468 steps x 16), CB 20 epochs (40 steps), the mixture 3 epochs; lr 5e-3, prompt length
 # 16 on every layer, frozen backbone; one thread (run beside the SmolLM2 scripts on the 2-core machine).
 # Reruns skip the runs whose record is complete.
@@ -16,7 +17,7 @@ common=(backbone=minilm-l6 method=ptuning_v2 method.train=head method.length=16 
 rte=(task=rte "task.data_dir=$DATA/superglue/full/RTE" trainer.epochs=3)
 cb=(task=cb "task.data_dir=$DATA/superglue/fewglue/CB" trainer.epochs=20)
 
-for seed in 1 2 3; do
+for seed in ${SEEDS:-1 2 3}; do
   s=(trainer.seed=$seed)
   $PEFTRUN "${common[@]}" "${rte[@]}" "${s[@]}" "hydra.run.dir=$OUT/single_rte/$seed"
   $PEFTRUN "${common[@]}" "${cb[@]}" "${s[@]}" "hydra.run.dir=$OUT/single_cb/$seed"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # docs/RESULTS.md, SmolLM2-135M-Instruct and the instruction family (issue 13): one run directory per run under
 # $OUT/instruction; reruns skip the runs whose record is complete. Needs ../shared/tools/fetch-real-models.
-#   OUT=outputs/results scripts/results/smollm2_instruction.sh [nli|nli_k2|ipt|superni|superni_tuned] && peftrun-report ...
+#   OUT=outputs/results scripts/results/smollm2_instruction.sh [nli|nli_k2|ipt|ipt_150|superni|superni_tuned] && peftrun-report ...
 # One thread each (two parts side by side on the 2-core machine); bfloat16 autocast (trainer.precision=auto picks
 # it for SmolLM2 on this CPU), the tuned and the untuned run of each comparison in the same precision.
 set -uo pipefail   # a failed run is recorded as failed; the others still run
@@ -59,3 +59,10 @@ if [ "$part" = all ] || [ "$part" = superni_tuned ]; then
     trainer.max_steps=40 trainer.batch_size=8 trainer.grad_accum=1
 fi
 
+
+# The same pair at three times the steps (150 x 8), seed 1: does IPT's gap close with more training?
+if [ "$part" = all ] || [ "$part" = ipt_150 ]; then
+  longer=(method.length=20 trainer.lr=3e-2 trainer.max_steps=150 trainer.batch_size=8 trainer.seed=1)
+  run dart_prompt_tuning_150steps/1 "${dart[@]}" method=prompt_tuning "${longer[@]}"
+  run dart_ipt_150steps/1 "${dart[@]}" method=ipt "${fewshot[@]}" "${longer[@]}"
+fi
