@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # docs/RESULTS.md, SmolLM2-135M-Instruct and the instruction family (issue 13): one run directory per run under
 # $OUT/instruction; reruns skip the runs whose record is complete. Needs ../shared/tools/fetch-real-models.
-#   OUT=outputs/results scripts/results/smollm2_instruction.sh [nli|nli_k2|ipt|ipt_150|superni|superni_tuned] && peftrun-report ...
+#   OUT=outputs/results scripts/results/smollm2_instruction.sh [nli|nli_k2|nli_lora_k2|ipt|ipt_150|superni|superni_tuned] && peftrun-report ...
 # One thread each (two parts side by side on the 2-core machine); bfloat16 autocast (trainer.precision=auto picks
 # it for SmolLM2 on this CPU), the tuned and the untuned run of each comparison in the same precision.
 set -uo pipefail   # a failed run is recorded as failed; the others still run
@@ -65,4 +65,14 @@ if [ "$part" = all ] || [ "$part" = ipt_150 ]; then
   longer=(method.length=20 trainer.lr=3e-2 trainer.max_steps=150 trainer.batch_size=8 trainer.seed=1)
   run dart_prompt_tuning_150steps/1 "${dart[@]}" method=prompt_tuning "${longer[@]}"
   run dart_ipt_150steps/1 "${dart[@]}" method=ipt "${fewshot[@]}" "${longer[@]}"
+fi
+
+# The tuned model k-shot: LoRA as nli_lora but trained and evaluated with 1,024-token sources (room for the two
+# demonstrations), evaluated zero-shot and 2-shot on the same round-robin split. The two runs train identically
+# (same seed, data and lengths); only the evaluation prompts differ.
+if [ "$part" = all ] || [ "$part" = nli_lora_k2 ]; then
+  tuned=(trainer.optimizer=adamw_torch trainer.lr=1e-3 trainer.max_steps=60 task.max_source_length=1024
+         task.mixture.template_eval=round_robin)
+  run nli_lora_source1024_k0_round_robin "${nli[@]}" "${tuned[@]}"
+  run nli_lora_source1024_k2 "${nli[@]}" "${tuned[@]}" task.mixture.eval_shots=2
 fi
