@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # docs/RESULTS.md, SmolLM2-135M-Instruct and the instruction family (issue 13): one run directory per run under
 # $OUT/instruction; reruns skip the runs whose record is complete. Needs ../shared/tools/fetch-real-models.
-#   OUT=outputs/results scripts/results/smollm2_instruction.sh [nli|nli_k2|nli_lora_k2|ipt|ipt_150|superni|superni_tuned] && peftrun-report ...
+#   OUT=outputs/results scripts/results/smollm2_instruction.sh [nli|nli_k2|nli_lora_k2|ipt|ipt_150|ipt_k2|superni|superni_tuned] && peftrun-report ...
 # One thread each (two parts side by side on the 2-core machine); bfloat16 autocast (trainer.precision=auto picks
 # it for SmolLM2 on this CPU), the tuned and the untuned run of each comparison in the same precision.
 set -uo pipefail   # a failed run is recorded as failed; the others still run
@@ -75,4 +75,12 @@ if [ "$part" = all ] || [ "$part" = nli_lora_k2 ]; then
          task.mixture.template_eval=round_robin)
   run nli_lora_source1024_k0_round_robin "${nli[@]}" "${tuned[@]}"
   run nli_lora_source1024_k2 "${nli[@]}" "${tuned[@]}" task.mixture.eval_shots=2
+fi
+
+# IPT with two demonstrations (sources up to 512 tokens to hold them), the 50-step budget, seeds 1-3.
+if [ "$part" = all ] || [ "$part" = ipt_k2 ]; then
+  for seed in 1 2 3; do
+    run "dart_ipt_k2/$seed" "${dart[@]}" method=ipt prompt=fewshot prompt.k=2 prompt.retriever=bm25 "${soft[@]}" \
+      task.max_source_length=512 trainer.seed=$seed
+  done
 fi
