@@ -156,8 +156,8 @@ class RankFormulation:
         else:
             prompted = None
             contexts = [prompt_ids(tok, kind, ex.source, natural, sep, cfg.task.max_source_length) for ex in examples]
-            truncated = sum(len(tok(ex.source, add_special_tokens=False)["input_ids"]) >= cfg.task.max_source_length
-                            for ex in examples)
+            truncated = sum(len(prompt_ids(tok, kind, ex.source, natural, sep)) > cfg.task.max_source_length
+                            for ex in examples)  # uncut length, in the layout the contexts use
             record["data"][split] = {"examples": len(examples), "truncated_sources": truncated}
             options = [self._task_options(ex) for ex in examples]
             free = None

@@ -59,10 +59,10 @@ class TextFormulation:
 
         cfg = self.cfg
         if self.prompting is None and reads_natural_layout(cfg):  # a frozen model, no prompt config: its own text
-            tok, cut = backbone.tokenizer, cfg.task.max_source_length
-            ids = [prompt_ids(tok, backbone.kind, ex.source, True, " ", cut) for ex in examples]
-            truncated = sum(len(prompt_ids(tok, backbone.kind, ex.source, True)) > cut for ex in examples)
-            record["data"][split] = {"examples": len(ids), "truncated_sources": truncated}
+            cut = cfg.task.max_source_length
+            full = [prompt_ids(backbone.tokenizer, backbone.kind, ex.source, True) for ex in examples]
+            ids = [f[:cut] for f in full]  # the natural layout's cut (prompt_ids with max_length), tokenised once
+            record["data"][split] = {"examples": len(ids), "truncated_sources": sum(len(f) > cut for f in full)}
             with progress(split, len(ids)) as advance:
                 texts = _generate(backbone, ids, cfg, advance, record, split)
             return [natural_answer(text, NATURAL_STOP) for text in texts], None

@@ -231,6 +231,7 @@ class MixtureTask(Task):
         (seed, member, query id), so every template and every run of a seed shows the same demonstrations."""
         import random
 
+        from peftrun.instruction.render import render_example
         from peftrun.prompting.layout import NATURAL_STOP
 
         pool, k = self._pools[name], self.cfg.mixture.eval_shots
@@ -240,8 +241,6 @@ class MixtureTask(Task):
             picked = random.Random(f"{self.cfg.mixture.seed}/{name}/{ex.id}").sample(pool, k)
             template = by_template.get((ex.meta or {}).get("template", ""))
             if template is not None:
-                from peftrun.instruction.render import render_example
-
                 picked = [render_example(name, d, template) for d in picked]
             shown = [f"{d.source} {d.target}" for d in picked]
             meta = {**(ex.meta or {}), "demonstrations": [d.id for d in picked]}
